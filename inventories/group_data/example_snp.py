@@ -1,0 +1,44 @@
+# Site-wide data for every host of inventories/example_snp.py (pyinfra puts all hosts
+# of an inventory file in a group named after the file). Every ccfactory option is
+# listed; commented lines show the default. Role-specific values (GPUs) are in the
+# inventory's group tuples, per-host values (BMC address) in its host dicts.
+# The reference is the README's "Configuration" section, generated from
+# ccfactory.config.HostData. Secrets are never written here: only where to find them.
+
+# --- node -------------------------------------------------------------------------
+# tee = None                   # snp | tdx | none; defaults from the snp/tdx group
+
+# --- BMC (firmware stage, Redfish) ------------------------------------------------
+bmc_vendor = "dell"            # dell | hpe | lenovo | supermicro | generic
+# bmc_address = None           # per host: a host has a BMC when this is set
+# bmc_port = 443
+bmc_username = "root"
+# bmc_password_env = None      # per host: NAME of a controller env var holding the password
+# bmc_password_file = None     # or: path of a 0600 file on the controller
+# bmc_verify_tls = True        # only the lab may turn this off
+# bmc_ca_bundle = None         # PEM of the BMCs' CA on the controller; None = system CAs
+# bmc_system_id = None         # discovered when the BMC manages one system
+# bmc_timeout = 30.0           # seconds per Redfish request
+
+# --- GPUs (set per role in the inventory file) ------------------------------------
+# gpu_count = 0                # the node must have exactly this many GPUs
+# gpu_model = None             # H100 | H200 | GH200 | H800 | H20 | B200 | GB200 | RTX PRO 6000 BSE
+# gpu_cc_mode = "on"           # on | devtools | off | ppcie (HGX Hopper multi-GPU only)
+
+# --- KBS --------------------------------------------------------------------------
+kbs_url = "https://kbs-01.example.net:8080"
+# kbs_ca_cert = None           # controller-side CA of the KBS certificate
+
+# --- reboots ----------------------------------------------------------------------
+reboot_batch_size = 1          # hosts rebooting at once (rolling)
+reboot_timeout = 1800          # seconds a host may take to come back (bare metal: 10-30 min)
+
+# --- artifacts (BOM) --------------------------------------------------------------
+artifact_source = "upstream"   # upstream | mirror | local
+# artifact_mirror_url = None   # with mirror: base URL holding the BOM files by name
+# artifact_dir = None          # with local: controller directory holding the BOM files
+# artifact_cache_dir = "~/.cache/ccfactory/artifacts"
+
+# --- lab (written only by `ccfactory lab up`) ---------------------------------------
+# lab = False
+# lab_dir = None

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: bring up the lab and deploy the whole site on it.
+# Usage: sudo scripts/lab-site.sh [--nodes N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+nodes=3
+[[ "${1:-}" == "--nodes" ]] && nodes=$2
+.venv/bin/ccfactory lab up --nodes "$nodes" --inventory inventories/lab.py
+PYINFRA_PROGRESS=off .venv/bin/pyinfra -y inventories/lab.py deploy/site.py

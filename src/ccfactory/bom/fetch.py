@@ -1,0 +1,141 @@
+"""Fetch BOM artifacts once on the controller, verify their sha256, cache them.
+
+Sources: the artifact's upstream URL, a mirror base URL (``<mirror>/<filename>``) or a
+local directory (``<dir>/<filename>``) for air-gapped sites. A file whose checksum does
+not match is deleted and refused; nothing unverified is ever left in the cache.
+
+Example::
+
+    path = fetch_artifact(load_bom().artifact("kata-static"), ArtifactSource())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from ccfactory.bom import Artifact
+from ccfactory.config import ArtifactSource
+
+CHUNK = 1 << 20
+
+
+class ArtifactFetchError(RuntimeError):
+    """An artifact could not be fetched or verified; says which, from where, and why."""
+
+
+class ChecksumMismatch(ArtifactFetchError):
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_path(artifact: Artifact, source: ArtifactSource) -> Path:
+    """Where the verified file lives: keyed by checksum, so versions never collide."""
+    return Path(source.cache_dir).expanduser() / artifact.sha256 / artifact.filename
+
+
+def origin_of(artifact: Artifact, source: ArtifactSource) -> str:
+    """The URL or path the artifact is taken from for this source."""
+    if source.kind == "mirror":
+        return f"{(source.mirror_url or '').rstrip('/')}/{artifact.filename}"
+    if source.kind == "local":
+        return str(Path(source.directory or "").expanduser() / artifact.filename)
+    return artifact.url
+
+
+def _pip_download(requirement: str, handle, timeout: float) -> None:
+    """Fetch a wheel through pip, so the site's configured package index is used."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, requirement],
+            capture_output=True,
+            text=True,
+            timeout=timeout * 5,
+        )
+        files = list(Path(tmp).iterdir())
+        if result.returncode != 0 or len(files) != 1:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ArtifactFetchError(f"pip could not download {requirement}: {last}")
+        with files[0].open("rb") as src:
+            shutil.copyfileobj(src, handle, CHUNK)
+
+
+def _copy_from(origin: str, kind: str, handle, timeout: float, progress: Callable[[str], None] | None) -> None:
+    if kind == "upstream" and origin.startswith("pip:"):
+        _pip_download(origin.removeprefix("pip:"), handle, timeout)
+        return
+    if kind == "local":
+        try:
+            with open(origin, "rb") as src:
+                shutil.copyfileobj(src, handle, CHUNK)
+        except OSError as exc:
+            raise ArtifactFetchError(f"cannot read {origin}: {exc.strerror}") from None
+        return
+    try:
+        with urllib.request.urlopen(origin, timeout=timeout) as response:  # noqa: S310 - http(s) only, validated
+            total = int(response.headers.get("Content-Length") or 0)
+            done, last = 0, time.monotonic()
+            while chunk := response.read(CHUNK):
+                handle.write(chunk)
+                done += len(chunk)
+                if progress and time.monotonic() - last > 5:
+                    share = f" of {total >> 20} MiB" if total else ""
+                    progress(f"  {done >> 20} MiB{share} from {origin}")
+                    last = time.monotonic()
+    except urllib.error.HTTPError as exc:
+        raise ArtifactFetchError(f"{origin}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ArtifactFetchError(f"{origin}: {reason}") from None
+
+
+def fetch_artifact(
+    artifact: Artifact,
+    source: ArtifactSource,
+    *,
+    timeout: float = 60.0,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Return the path of the verified, cached file; fetch it first if needed."""
+    target = cache_path(artifact, source)
+    if target.is_file():
+        if sha256_of(target) == artifact.sha256:
+            return target
+        target.unlink()  # a cache entry that no longer verifies is worthless
+    origin = origin_of(artifact, source)
+    if progress:
+        progress(f"fetching {artifact.name} {artifact.version} from {origin}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            _copy_from(origin, source.kind, handle, timeout, progress)
+        actual = sha256_of(tmp)
+        if actual != artifact.sha256:
+            raise ChecksumMismatch(
+                f"{artifact.name} {artifact.version} from {origin}: sha256 {actual} does not match "
+                f"the BOM's {artifact.sha256}; the file was deleted. Check the mirror holds the "
+                f"pinned release, or update the BOM deliberately."
+            )
+        tmp.chmod(0o644)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,119 @@
+"""The ``ccfactory`` command: offline checks, the lab, artifacts and docs.
+
+Deploys themselves run through pyinfra: ``pyinfra inventories/<site>.py deploy/site.py``.
+
+Examples::
+
+    ccfactory check inventories/example_snp.py
+    ccfactory lab up --nodes 3
+    ccfactory bom fetch --dest /srv/mirror
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ccfactory import __version__
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate an inventory offline and print a summary of its hosts."""
+    from ccfactory.config import InventoryError
+    from ccfactory.inventory import load_inventory, validate_inventory
+
+    try:
+        inventory = load_inventory(args.inventory)
+        fleet = validate_inventory(inventory, limit=args.limit, check_files=not args.no_files)
+    except InventoryError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({name: cfg.model_dump(mode="json") for name, cfg in fleet.items()}, indent=2))
+        return 0
+    rows = []
+    for name, cfg in fleet.items():
+        groups = ",".join(g for g in cfg.groups if g != Path(args.inventory).stem)
+        gpus = f"{cfg.gpu.count}x {cfg.gpu.model} ({cfg.gpu.cc_mode})" if cfg.gpu.count else "-"
+        bmc = f"{cfg.bmc.vendor} @ {cfg.bmc.address}" if cfg.bmc else "-"
+        secret = "-"
+        if cfg.bmc:
+            problem = cfg.bmc.password.problem()
+            secret = "ok" if problem is None else f"MISSING: {problem}"
+        rows.append([name, groups, cfg.tee, gpus, bmc, secret])
+    print(_table(["host", "groups", "tee", "gpus", "bmc", "bmc secret"], rows))
+    missing = sum(1 for r in rows if r[-1].startswith("MISSING"))
+    print(f"\n{len(rows)} host(s) valid." + (f" {missing} BMC secret(s) not readable here." if missing else ""))
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from ccfactory.lab import cli_main
+
+    return cli_main(args.lab_args)
+
+
+def cmd_bom(args: argparse.Namespace) -> int:
+    from ccfactory.bom import cli_main
+
+    return cli_main(args.bom_args)
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from ccfactory.docs import update_readme
+
+    changed = update_readme(Path(args.readme), check=args.check)
+    if args.check and changed:
+        print(f"{args.readme} is out of date: run `ccfactory docs`", file=sys.stderr)
+        return 1
+    print(f"{args.readme}: {'updated' if changed else 'up to date'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccfactory", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"ccfactory {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="validate an inventory offline (no connection) and summarise it")
+    check.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/example_snp.py")
+    check.add_argument("--limit", action="append", help="only hosts in this group (repeatable)")
+    check.add_argument("--json", action="store_true", help="print the validated configs as JSON")
+    check.add_argument(
+        "--no-files", action="store_true", help="do not check that controller-side files (CA bundles...) exist"
+    )
+    check.set_defaults(func=cmd_check)
+
+    lab = sub.add_parser("lab", help="the simulated fleet: up, down, status, reset, power", add_help=False)
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    lab.set_defaults(func=cmd_lab)
+
+    bom = sub.add_parser("bom", help="the bill of materials: list, fetch and verify artifacts", add_help=False)
+    bom.add_argument("bom_args", nargs=argparse.REMAINDER)
+    bom.set_defaults(func=cmd_bom)
+
+    docs = sub.add_parser("docs", help="regenerate the README's configuration reference")
+    docs.add_argument("--readme", default="README.md")
+    docs.add_argument("--check", action="store_true", help="fail if the README is out of date")
+    docs.set_defaults(func=cmd_docs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,604 @@
+"""Typed configuration: one validated, frozen ``NodeConfig`` per host.
+
+Host data in pyinfra is flat (pyinfra does not deep-merge dicts), so every option is a
+flat, prefixed key (``bmc_address``, ``gpu_cc_mode`` ...). ``HostData`` is the schema of
+those keys and doubles as their documentation (the README's option table is generated
+from it). ``NodeConfig`` is the nested, typed view the roles use.
+
+Example::
+
+    >>> cfg = load_node_config("gpu-01", ["workers", "snp", "gpu"], {
+    ...     "bmc_vendor": "dell", "bmc_address": "10.0.0.5", "bmc_username": "root",
+    ...     "bmc_password_env": "BMC_GPU01_PASSWORD", "gpu_count": 8, "gpu_model": "H100",
+    ... })
+    >>> cfg.tee, cfg.gpu.cc_mode, cfg.bmc.port
+    ('snp', 'on', 443)
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ccfactory.gpus import gpu_model_by_name, gpu_models
+
+Tee = Literal["snp", "tdx", "none"]
+GpuCcMode = Literal["on", "devtools", "off", "ppcie"]
+ArtifactSourceKind = Literal["upstream", "mirror", "local"]
+
+# Inventory groups that carry meaning for ccfactory.
+ROLE_GROUPS = {"workers": "worker", "kbs": "kbs"}
+TEE_GROUPS = ("snp", "tdx")
+GPU_GROUP = "gpu"
+
+# BMC vendors with a BIOS profile. The firmware stage (and OEM profile directories)
+# extend this; validation only needs the names.
+KNOWN_BMC_VENDORS = ("dell", "hpe", "lenovo", "supermicro", "generic")
+
+DEFAULT_REBOOT_TIMEOUT = 1800  # bare-metal GPU servers take 10-30 minutes to POST
+DEFAULT_ARTIFACT_CACHE = "~/.cache/ccfactory/artifacts"
+
+# Keys that hold secrets must never carry the secret itself: only a reference.
+_SECRET_KEY = re.compile(r"(password|passwd|secret|token|private_key|api_key)$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _opt(default: Any, description: str, section: str, **kw: Any) -> Any:
+    return Field(default, description=description, json_schema_extra={"section": section}, **kw)
+
+
+class HostData(_Strict):
+    """Every ccfactory host-data key, flat, as written in inventories and group_data.
+
+    Connector keys (``ssh_*`` ...) and pyinfra global arguments (``_sudo`` ...) belong to
+    pyinfra and are not listed here.
+    """
+
+    # --- node identity
+    tee: Tee | None = _opt(
+        None,
+        "Trusted execution environment of the node's CPU. Defaults from the `snp`/`tdx` "
+        "group; `none` for machines without a TEE (e.g. the KBS host).",
+        "node",
+    )
+    # --- BMC (firmware stage)
+    bmc_vendor: str | None = _opt(
+        None, f"BMC/BIOS vendor profile: one of {', '.join(KNOWN_BMC_VENDORS)}.", "bmc"
+    )
+    bmc_address: str | None = _opt(None, "BMC host name or IP address (Redfish endpoint).", "bmc")
+    bmc_port: int = _opt(443, "BMC Redfish HTTPS port.", "bmc", ge=1, le=65535)
+    bmc_username: str | None = _opt(None, "BMC user with BIOS and power privileges.", "bmc")
+    bmc_password_env: str | None = _opt(
+        None,
+        "Name of the environment variable on the controller that holds the BMC password. "
+        "Never put the password itself in the inventory.",
+        "bmc",
+    )
+    bmc_password_file: str | None = _opt(
+        None,
+        "Path, on the controller, of a file (mode 0600) holding the BMC password.",
+        "bmc",
+    )
+    bmc_verify_tls: bool = _opt(True, "Verify the BMC's TLS certificate.", "bmc")
+    bmc_ca_bundle: str | None = _opt(
+        None, "CA bundle (PEM, on the controller) for the BMC's certificate; system CAs if unset.", "bmc"
+    )
+    bmc_system_id: str | None = _opt(
+        None, "Redfish ComputerSystem id; discovered when the BMC manages exactly one system.", "bmc"
+    )
+    bmc_timeout: float = _opt(30.0, "Seconds to wait for one Redfish request.", "bmc", gt=0, le=600)
+    # --- GPUs
+    gpu_count: int = _opt(0, "Number of NVIDIA GPUs the node must have.", "gpu", ge=0, le=64)
+    gpu_model: str | None = _opt(
+        None, f"Expected GPU model: one of {', '.join(gpu_models())}.", "gpu"
+    )
+    gpu_cc_mode: GpuCcMode = _opt(
+        "on",
+        "GPU confidential-computing mode for all GPUs of the node: `on`, `devtools` "
+        "(CC with debugging allowed, never for production), `off`, or `ppcie` "
+        "(protected PCIe, HGX Hopper multi-GPU only).",
+        "gpu",
+    )
+    # --- KBS (Trustee)
+    kbs_url: str | None = _opt(
+        None, "URL of the Key Broker Service the node's guests attest to (https://).", "kbs"
+    )
+    kbs_ca_cert: str | None = _opt(
+        None, "Controller-side PEM file of the CA that signed the KBS certificate.", "kbs"
+    )
+    # --- reboots
+    reboot_batch_size: int = _opt(
+        1, "At most this many hosts reboot at the same time (rolling).", "reboot", ge=1, le=1000
+    )
+    reboot_timeout: int = _opt(
+        DEFAULT_REBOOT_TIMEOUT,
+        "Seconds to wait for a host to come back after a reboot before it fails.",
+        "reboot",
+        ge=30,
+        le=14400,
+    )
+    # --- artifacts
+    artifact_source: ArtifactSourceKind = _opt(
+        "upstream",
+        "Where BOM artifacts come from: `upstream` URLs, a `mirror` base URL, or a `local` directory.",
+        "artifacts",
+    )
+    artifact_mirror_url: str | None = _opt(
+        None, "Base URL of an internal mirror holding the BOM's files by name.", "artifacts"
+    )
+    artifact_dir: str | None = _opt(
+        None, "Controller-side directory holding the BOM's files by name (air-gapped sites).", "artifacts"
+    )
+    artifact_cache_dir: str = _opt(
+        DEFAULT_ARTIFACT_CACHE, "Controller-side cache of verified artifacts.", "artifacts"
+    )
+    # --- lab
+    lab: bool = _opt(
+        False,
+        "Set only by `ccfactory lab up` in the inventory it writes: allows lab stand-ins. "
+        "Refused unless `lab_dir` holds a running lab that has this host.",
+        "lab",
+    )
+    lab_dir: str | None = _opt(None, "Directory of the lab this host belongs to.", "lab")
+
+
+# Fix hints shown with an error on a field, when the error itself does not say.
+FIELD_HINTS: dict[str, str] = {
+    "tee": "set tee to snp, tdx or none, or put the host in exactly one of the snp/tdx groups",
+    "bmc_vendor": f"use one of {', '.join(KNOWN_BMC_VENDORS)} or add a BIOS profile for the vendor",
+    "gpu_model": f"use one of {', '.join(gpu_models())}",
+    "gpu_cc_mode": "use on, devtools, off or ppcie",
+    "kbs_url": "use https://host[:port]",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one host's data."""
+
+    host: str
+    field: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.host}: {self.field}: {self.message}"
+        return f"{text}; fix: {self.fix}" if self.fix else text
+
+
+class InventoryError(Exception):
+    """Raised with every problem of every host, before any host is touched."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = tuple(problems)
+        lines = [f"{len(self.problems)} problem(s) in the inventory, no host was touched:"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+# ---------------------------------------------------------------- typed view
+
+
+class SecretRef(_Strict):
+    """Where the controller finds a secret; never the secret itself."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def problem(self) -> str | None:
+        """Why the secret cannot be read right now, or None."""
+        if self.env:
+            return None if os.environ.get(self.env) else f"environment variable {self.env} is not set or empty"
+        path = Path(self.file or "").expanduser()
+        if not path.is_file():
+            return f"file {path} does not exist"
+        if not os.access(path, os.R_OK):
+            return f"file {path} is not readable"
+        return None
+
+    def reveal(self) -> str:
+        """The secret. Callers must never print, log or store what this returns."""
+        if self.env:
+            value = os.environ.get(self.env, "")
+        else:
+            value = Path(self.file or "").expanduser().read_text().strip()
+        if not value:
+            raise ValueError(f"secret from {self.describe()} is empty")
+        return value
+
+
+class BmcConfig(_Strict):
+    vendor: str
+    address: str
+    port: int = 443
+    username: str
+    password: SecretRef
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    system_id: str | None = None
+    timeout: float = 30.0
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"https://{host}:{self.port}"
+
+
+class GpuConfig(_Strict):
+    count: int = 0
+    model: str | None = None
+    cc_mode: GpuCcMode = "on"
+
+
+class KbsConfig(_Strict):
+    url: str | None = None
+    ca_cert: str | None = None
+
+
+class RebootPolicy(_Strict):
+    batch_size: int = 1
+    timeout: int = DEFAULT_REBOOT_TIMEOUT
+
+
+class ArtifactSource(_Strict):
+    kind: ArtifactSourceKind = "upstream"
+    mirror_url: str | None = None
+    directory: str | None = None
+    cache_dir: str = DEFAULT_ARTIFACT_CACHE
+
+
+class NodeConfig(_Strict):
+    """The validated configuration of one host, as every role reads it."""
+
+    name: str
+    groups: tuple[str, ...]
+    roles: frozenset[str]
+    tee: Tee
+    bmc: BmcConfig | None
+    gpu: GpuConfig
+    kbs: KbsConfig
+    reboot: RebootPolicy
+    artifacts: ArtifactSource
+    lab: bool
+    lab_dir: str | None
+
+    @property
+    def is_worker(self) -> bool:
+        return "worker" in self.roles
+
+    @property
+    def is_kbs(self) -> bool:
+        return "kbs" in self.roles
+
+    @property
+    def has_gpus(self) -> bool:
+        return self.gpu.count > 0
+
+
+# ---------------------------------------------------------------- loading
+
+
+def connector_keys() -> frozenset[str]:
+    """Host-data keys that belong to pyinfra's connectors (``ssh_port`` ...)."""
+    from pyinfra.api.connectors import get_all_connectors
+
+    keys: set[str] = set()
+    for connector in get_all_connectors().values():
+        keys.update(getattr(connector, "data_meta", {}) or {})
+    return frozenset(keys)
+
+
+def _is_pyinfra_key(key: str, connector: frozenset[str]) -> bool:
+    # "_sudo" and friends are pyinfra global arguments set as data
+    return key.startswith("_") or key in connector
+
+
+def _unknown_key_problem(host: str, key: str) -> Problem:
+    if _SECRET_KEY.search(key):
+        return Problem(
+            host,
+            key,
+            "a literal secret is not allowed in the inventory",
+            f"remove it and set {_secret_ref_hint(key)}",
+        )
+    close = difflib.get_close_matches(key, HostData.model_fields, n=1, cutoff=0.75)
+    fix = f"did you mean '{close[0]}'?" if close else "remove it (see README, 'Configuration')"
+    return Problem(host, key, "unknown key", fix)
+
+
+def _secret_ref_hint(key: str) -> str:
+    if key.endswith("password"):
+        base = key[: -len("password")].rstrip("_")
+        return f"{base}_password_env (name of an environment variable) or {base}_password_file (path of a 0600 file)"
+    return f"{key}_env or {key}_file"
+
+
+def _pydantic_problems(host: str, error: ValidationError) -> list[Problem]:
+    problems = []
+    for err in error.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(data)"
+        if err["type"] == "extra_forbidden":
+            problems.append(_unknown_key_problem(host, field))
+            continue
+        got = err.get("input")
+        message = err["msg"]
+        if not isinstance(got, (dict, list)):
+            message = f"{message} (got {got!r})"
+        problems.append(Problem(host, field, message, FIELD_HINTS.get(field, "")))
+    return problems
+
+
+def _check_url(value: str, *, https_only: bool) -> str | None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL with a host"
+    if https_only and parts.scheme != "https":
+        return "must use https"
+    return None
+
+
+def _lab_problem(host: str, data: HostData) -> Problem | None:
+    """A host may use lab stand-ins only if a real lab on this machine has it."""
+    if not data.lab_dir:
+        return Problem(host, "lab", "lab is true but lab_dir is not set", "only `ccfactory lab up` sets lab")
+    state = Path(data.lab_dir) / "lab.json"
+    try:
+        nodes = json.loads(state.read_text()).get("nodes", {})
+    except (OSError, ValueError):
+        return Problem(
+            host, "lab", f"lab is true but {state} holds no running lab", "run `ccfactory lab up`, or remove lab"
+        )
+    if host not in nodes and not any(n.get("address") == host for n in nodes.values()):
+        return Problem(host, "lab", f"lab is true but the lab in {data.lab_dir} has no node {host}", "remove lab")
+    return None
+
+
+def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) -> tuple[list[Problem], Tee]:
+    problems: list[Problem] = []
+    add = problems.append
+
+    tee_groups = [g for g in TEE_GROUPS if g in groups]
+    tee: Tee
+    if len(tee_groups) > 1:
+        add(Problem(host, "tee", "host is in both the snp and tdx groups", FIELD_HINTS["tee"]))
+        tee = data.tee or "none"
+    elif tee_groups and data.tee and data.tee != tee_groups[0]:
+        add(
+            Problem(
+                host,
+                "tee",
+                f"tee is {data.tee!r} but the host is in group {tee_groups[0]!r}",
+                FIELD_HINTS["tee"],
+            )
+        )
+        tee = data.tee
+    else:
+        tee = data.tee or (tee_groups[0] if tee_groups else "none")  # type: ignore[assignment]
+    if "workers" in groups and tee == "none":
+        add(Problem(host, "tee", "a worker needs a TEE", "put the host in the snp or tdx group, or set tee"))
+
+    # GPUs
+    if GPU_GROUP in groups and data.gpu_count == 0:
+        add(Problem(host, "gpu_count", "host is in group gpu but gpu_count is 0", "set gpu_count"))
+    if data.gpu_count and not data.gpu_model:
+        add(Problem(host, "gpu_model", "gpu_count is set but gpu_model is not", FIELD_HINTS["gpu_model"]))
+    model = gpu_model_by_name(data.gpu_model) if data.gpu_model else None
+    if data.gpu_model and model is None:
+        add(Problem(host, "gpu_model", f"unknown GPU model {data.gpu_model!r}", FIELD_HINTS["gpu_model"]))
+    if model and data.gpu_count:
+        mode = data.gpu_cc_mode
+        if mode in ("on", "devtools") and not model.cc:
+            add(Problem(host, "gpu_cc_mode", f"{model.model} does not support CC mode", "use off"))
+        if mode == "ppcie" and not model.ppcie:
+            add(
+                Problem(
+                    host,
+                    "gpu_cc_mode",
+                    f"ppcie needs an HGX Hopper GPU; {model.model} ({model.architecture}) cannot do it",
+                    "use on",
+                )
+            )
+        elif mode == "ppcie" and data.gpu_count < 2:
+            add(Problem(host, "gpu_cc_mode", "ppcie protects multi-GPU HGX systems; gpu_count is 1", "use on"))
+    if data.gpu_count and tee == "none" and data.gpu_cc_mode != "off":
+        add(Problem(host, "gpu_cc_mode", "GPU CC mode needs a CPU TEE, but tee is none", "use off, or set tee"))
+
+    # BMC: a host has one when bmc_address is set; vendor and username may be site-wide
+    has_secret = bool(data.bmc_password_env or data.bmc_password_file)
+    if data.bmc_address:
+        for key in ("bmc_vendor", "bmc_username"):
+            if not getattr(data, key):
+                add(Problem(host, key, "missing while bmc_address is set", f"set {key}"))
+        if not has_secret:
+            add(
+                Problem(
+                    host,
+                    "bmc_password_env",
+                    "no BMC password reference",
+                    "set bmc_password_env or bmc_password_file",
+                )
+            )
+    elif has_secret:
+        add(Problem(host, "bmc_address", "a BMC password reference is set but no bmc_address", "set bmc_address"))
+    if data.bmc_password_env and data.bmc_password_file:
+        add(Problem(host, "bmc_password_file", "both bmc_password_env and bmc_password_file are set", "keep one"))
+    if data.bmc_password_env and not _ENV_NAME.match(data.bmc_password_env):
+        add(
+            Problem(
+                host,
+                "bmc_password_env",
+                "is not an environment variable name (is it the password itself?)",
+                "set the NAME of a variable, e.g. BMC_PASSWORD_NODE1",
+            )
+        )
+    if data.bmc_vendor and data.bmc_vendor not in KNOWN_BMC_VENDORS:
+        add(Problem(host, "bmc_vendor", f"unknown vendor {data.bmc_vendor!r}", FIELD_HINTS["bmc_vendor"]))
+    if data.bmc_address:
+        bad = _check_url(f"https://{data.bmc_address}", https_only=True)
+        if bad or "/" in data.bmc_address:
+            add(Problem(host, "bmc_address", "not a host name or IP address", "give the BMC's name or IP, no URL"))
+    if data.bmc_ca_bundle and not data.bmc_verify_tls:
+        add(Problem(host, "bmc_ca_bundle", "set while bmc_verify_tls is false", "drop one of them"))
+    if not data.bmc_verify_tls and not data.lab:
+        add(
+            Problem(
+                host,
+                "bmc_verify_tls",
+                "TLS verification may only be turned off in the lab",
+                "give the BMC's CA in bmc_ca_bundle instead",
+            )
+        )
+
+    # KBS
+    if data.kbs_url:
+        bad = _check_url(data.kbs_url, https_only=not data.lab)
+        if bad:
+            fix = "plain http is only for the lab" if bad == "must use https" else FIELD_HINTS["kbs_url"]
+            add(Problem(host, "kbs_url", bad, fix))
+
+    # artifacts
+    if data.artifact_source == "mirror":
+        if not data.artifact_mirror_url:
+            add(Problem(host, "artifact_mirror_url", "artifact_source is mirror but no URL", "set artifact_mirror_url"))
+        elif bad := _check_url(data.artifact_mirror_url, https_only=False):
+            add(Problem(host, "artifact_mirror_url", bad, "use http(s)://host/path"))
+    if data.artifact_source == "local" and not data.artifact_dir:
+        add(Problem(host, "artifact_dir", "artifact_source is local but no directory", "set artifact_dir"))
+
+    if data.lab and (lab_problem := _lab_problem(host, data)):
+        add(lab_problem)
+    return problems, tee
+
+
+def _file_problems(host: str, data: HostData) -> list[Problem]:
+    """Controller-side files named by the inventory must exist."""
+    problems = []
+    for key in ("bmc_ca_bundle", "kbs_ca_cert"):
+        value = getattr(data, key)
+        if value and not Path(value).expanduser().is_file():
+            problems.append(Problem(host, key, f"file {value} does not exist on the controller", "fix the path"))
+    if data.artifact_source == "local" and data.artifact_dir and not Path(data.artifact_dir).expanduser().is_dir():
+        problems.append(Problem(host, "artifact_dir", f"directory {data.artifact_dir} does not exist", "fix the path"))
+    return problems
+
+
+def load_node_config(
+    name: str, groups: Iterable[str], data: Mapping[str, Any], *, check_files: bool = True
+) -> NodeConfig:
+    """Validate one host's data and return its ``NodeConfig``.
+
+    Raises ``InventoryError`` listing every problem of this host.
+    """
+    groups = tuple(groups)
+    connector = connector_keys()
+    ours = {k: v for k, v in data.items() if not _is_pyinfra_key(k, connector)}
+    problems: list[Problem] = []
+    try:
+        host_data = HostData(**ours)
+    except ValidationError as exc:
+        problems = _pydantic_problems(name, exc)
+        # keep going on the keys that did validate, so one run reports everything
+        bad = {p.field for p in problems}
+        host_data = HostData(**{k: v for k, v in ours.items() if k not in bad and k in HostData.model_fields})
+    cross, tee = _cross_field_problems(name, groups, host_data)
+    problems += [p for p in cross if p.field not in {q.field for q in problems}]
+    if check_files:
+        problems += _file_problems(name, host_data)
+    if problems:
+        raise InventoryError(problems)
+    d = host_data
+    bmc = None
+    if d.bmc_vendor and d.bmc_address and d.bmc_username:
+        bmc = BmcConfig(
+            vendor=d.bmc_vendor,
+            address=d.bmc_address,
+            port=d.bmc_port,
+            username=d.bmc_username,
+            password=SecretRef(env=d.bmc_password_env, file=d.bmc_password_file),
+            verify_tls=d.bmc_verify_tls,
+            ca_bundle=d.bmc_ca_bundle,
+            system_id=d.bmc_system_id,
+            timeout=d.bmc_timeout,
+        )
+    return NodeConfig(
+        name=name,
+        groups=groups,
+        roles=frozenset(role for group, role in ROLE_GROUPS.items() if group in groups),
+        tee=tee,
+        bmc=bmc,
+        gpu=GpuConfig(count=d.gpu_count, model=d.gpu_model, cc_mode=d.gpu_cc_mode),
+        kbs=KbsConfig(url=d.kbs_url, ca_cert=d.kbs_ca_cert),
+        reboot=RebootPolicy(batch_size=d.reboot_batch_size, timeout=d.reboot_timeout),
+        artifacts=ArtifactSource(
+            kind=d.artifact_source,
+            mirror_url=d.artifact_mirror_url,
+            directory=d.artifact_dir,
+            cache_dir=d.artifact_cache_dir,
+        ),
+        lab=d.lab,
+        lab_dir=d.lab_dir,
+    )
+
+
+def load_fleet(
+    hosts: Iterable[tuple[str, Iterable[str], Mapping[str, Any]]], *, check_files: bool = True
+) -> dict[str, NodeConfig]:
+    """Validate every host; raise one ``InventoryError`` with all problems of all hosts."""
+    configs: dict[str, NodeConfig] = {}
+    problems: list[Problem] = []
+    for name, groups, data in hosts:
+        try:
+            configs[name] = load_node_config(name, groups, data, check_files=check_files)
+        except InventoryError as exc:
+            problems.extend(exc.problems)
+    problems += _fleet_problems(configs)
+    if problems:
+        raise InventoryError(problems)
+    return configs
+
+
+def _fleet_problems(configs: Mapping[str, NodeConfig]) -> list[Problem]:
+    """Rules that span hosts: two nodes cannot share one BMC."""
+    problems = []
+    seen: dict[tuple[str, int], str] = {}
+    for name, cfg in configs.items():
+        if cfg.bmc is None:
+            continue
+        key = (cfg.bmc.address, cfg.bmc.port)
+        if key in seen:
+            problems.append(
+                Problem(name, "bmc_address", f"same BMC as host {seen[key]}", "give each host its own BMC")
+            )
+        seen.setdefault(key, name)
+    return problems
+
+
+def node_config(host: Any) -> NodeConfig:
+    """The ``NodeConfig`` of a pyinfra ``Host``; what every role calls once.
+
+    Example (inside a ``@deploy``)::
+
+        from pyinfra import host
+        cfg = node_config(host)
+    """
+    return load_node_config(host.name, host.groups, host.data.dict())

@@ -1,0 +1,45 @@
+"""What deploy files call: validate the fleet, then run the requested stage roles.
+
+Deploy files stay one line long so that the same stages run from a clone
+(``deploy/site.py``) and from an installed wheel (``pyinfra INV ccfactory.deploys.site``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from pyinfra import host, inventory
+from pyinfra.api.exceptions import PyinfraError
+
+from ccfactory.config import InventoryError
+from ccfactory.inventory import validate_inventory
+
+# Stage name -> role module. Order is the deploy order of deploy/site.py.
+STAGES = {
+    "preflight": "ccfactory.roles.preflight",
+}
+
+
+def run_stages(stages: list[str]) -> None:
+    """Run the given stages on the current host, after validating every host once.
+
+    Validation also happens before connecting when the inventory calls
+    ``validate_before_connect()``; this second check covers inventories that do not.
+    """
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise PyinfraError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+    try:
+        validate_inventory(inventory)
+    except InventoryError as exc:
+        raise PyinfraError(str(exc)) from None
+    for stage in stages:
+        importlib.import_module(STAGES[stage]).apply()
+
+
+def site() -> None:
+    """Every stage, in order (``pyinfra INVENTORY ccfactory.deploys.site``)."""
+    run_stages(list(STAGES))
+
+
+__all__ = ["run_stages", "site", "host"]

@@ -1,0 +1,1 @@
+"""The shipped verification suite: ``pytest --pyargs ccfactory.verify --pyinfra-inventory INV``."""
