@@ -48,3 +48,17 @@ class NodeOs(FactBase):
             virtualization=values.get("virtualization", "none"),
             boot_id=values.get("boot_id", ""),
         )
+
+
+class BootId(FactBase):
+    """The kernel's random boot id: changes on every boot, so it proves a reboot happened.
+
+    Example::
+
+        before = host.get_fact(BootId)
+    """
+
+    command = "cat /proc/sys/kernel/random/boot_id"
+
+    def process(self, output):
+        return output[0].strip() if output else ""

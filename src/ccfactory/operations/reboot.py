@@ -1,0 +1,127 @@
+"""The one reboot mechanism every stage uses.
+
+A stage decides from facts *whether* a host needs a reboot and says why; this
+operation does it: remember the boot id, trigger the reboot (over SSH, or through a
+callback such as a Redfish reset), drop the connection, and wait, with progress lines,
+until the host answers with a new boot id or the timeout passes. A host that does not
+come back fails alone; pyinfra carries on with the others. Rolling batches come from
+pyinfra's ``_parallel`` global argument, which ``rolling()`` supplies.
+
+pyinfra's own ``server.reboot`` detects a reboot by uptime; ccfactory uses the kernel's
+boot id, which also works where uptime is shared (containers) and cannot be fooled by
+a host that was slow to go down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from pyinfra import host
+from pyinfra.api import FunctionCommand, StringCommand, operation
+
+from ccfactory.facts.node import BootId
+
+logger = logging.getLogger("pyinfra")
+
+PROGRESS_EVERY = 30.0  # seconds between "still waiting" lines on long bare-metal boots
+
+
+def rolling(batch_size: int) -> dict:
+    """Global arguments that make a reboot operation run ``batch_size`` hosts at a time."""
+    return {"_parallel": max(1, int(batch_size))}
+
+
+def wait_for_new_boot(
+    target_host,
+    old_boot_id: str,
+    *,
+    timeout: float,
+    poll_interval: float,
+    reason: str,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Reconnect until the host reports a boot id other than ``old_boot_id``.
+
+    Returns False (after logging why) when ``timeout`` seconds pass first.
+    """
+    start = clock()
+    last_progress = start
+    target_host.disconnect()
+    while True:
+        elapsed = clock() - start
+        if elapsed > timeout:
+            target_host.log_styled(
+                f"ccfactory: did not come back within {int(timeout)}s after reboot ({reason}); "
+                "check the node's console through its BMC, then re-run (nothing is repeated)",
+                fg="red",
+                log_func=logger.error,
+            )
+            return False
+        target_host.connect(show_errors=False)
+        if target_host.connected:
+            boot_id = target_host.get_fact(BootId)
+            if boot_id and boot_id != old_boot_id:
+                target_host.log_styled(f"back after {int(elapsed)}s ({reason})", log_func=logger.info)
+                return True
+            target_host.disconnect()  # still the old boot: the host has not gone down yet
+        if clock() - last_progress >= PROGRESS_EVERY:
+            target_host.log_styled(
+                f"waiting for reboot ({reason}): {int(elapsed)}s of {int(timeout)}s", log_func=logger.info
+            )
+            last_progress = clock()
+        sleep(poll_interval)
+
+
+@operation(is_idempotent=False)
+def rebooted(
+    reason: str,
+    timeout: int = 1800,
+    poll_interval: float = 2.0,
+    trigger: Callable | None = None,
+):
+    """Reboot the host and wait until it is back with a new boot id.
+
+    + reason: why the reboot is needed (shown in output and kept in the operation name)
+    + timeout: seconds the host may take to come back (bare metal: 10 to 30 minutes)
+    + poll_interval: seconds between reconnect attempts
+    + trigger: ``callable(state, host) -> bool`` that starts the reboot some other way
+      (e.g. a Redfish ``ComputerSystem.Reset``); default: ``systemctl reboot`` over SSH
+
+    Call it only for hosts that need a reboot: that decision, made from facts, is what
+    makes a re-run reboot nothing.
+
+    **Example:**
+
+    .. code:: python
+
+        if needs_reboot:
+            reboot.rebooted(
+                name="Reboot to apply kernel command line",
+                reason="kernel command line changed",
+                timeout=cfg.reboot.timeout,
+                **reboot.rolling(cfg.reboot.batch_size),
+            )
+    """
+    before: list[str] = []
+
+    def remember_boot_id(state, host) -> bool:  # noqa: ARG001
+        before.append(host.get_fact(BootId))
+        return bool(before[0])
+
+    yield FunctionCommand(remember_boot_id, (), {})
+    if trigger is None:
+        # detached, so the SSH channel closes before the machine goes down
+        yield StringCommand("( sleep 1 && systemctl reboot ) </dev/null >/dev/null 2>&1 &")
+    else:
+        yield FunctionCommand(trigger, (), {})
+
+    def wait(state, host) -> bool:  # noqa: ARG001
+        return wait_for_new_boot(host, before[0], timeout=timeout, poll_interval=poll_interval, reason=reason)
+
+    yield FunctionCommand(wait, (), {})
+
+
+__all__ = ["rebooted", "rolling", "wait_for_new_boot", "host"]
