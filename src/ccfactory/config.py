@@ -578,8 +578,22 @@ def load_fleet(
 
 
 def _fleet_problems(configs: Mapping[str, NodeConfig]) -> list[Problem]:
-    """Rules that span hosts: two nodes cannot share one BMC."""
+    """Rules that span hosts: two nodes cannot share one BMC; one rolling batch size."""
     problems = []
+    sizes = {cfg.reboot.batch_size for cfg in configs.values()}
+    if len(sizes) > 1:
+        # pyinfra's _parallel must be the same on every host of an operation
+        first = next(iter(configs))
+        for name, cfg in configs.items():
+            if cfg.reboot.batch_size != configs[first].reboot.batch_size:
+                problems.append(
+                    Problem(
+                        name,
+                        "reboot_batch_size",
+                        f"{cfg.reboot.batch_size} differs from {configs[first].reboot.batch_size} on {first}",
+                        "set reboot_batch_size once, site-wide, in group_data/<site>.py",
+                    )
+                )
     seen: dict[tuple[str, int], str] = {}
     for name, cfg in configs.items():
         if cfg.bmc is None:

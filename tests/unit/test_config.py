@@ -156,3 +156,9 @@ def test_cross_field_checks_run_beside_type_errors():
     found = problems({**GOOD, "gpu_count": "2", "gpu_model": "B200", "gpu_cc_mode": "ppcie", "bmc_port": "x"})
     assert any("bmc_port" in p for p in found)
     assert any("ppcie needs an HGX Hopper GPU" in p for p in found)
+
+
+def test_fleet_needs_one_reboot_batch_size():
+    hosts = [("w1", WORKER, GOOD), ("w2", WORKER, {**GOOD, "bmc_address": "10.0.0.6", "reboot_batch_size": 4})]
+    with pytest.raises(InventoryError, match="w2: reboot_batch_size: 4 differs from 1 on w1"):
+        load_fleet(hosts, check_files=False)
