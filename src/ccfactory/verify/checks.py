@@ -1,0 +1,112 @@
+"""One library of named, graded checks, shared by ``deploy/verify.py`` and the testinfra suite.
+
+A check is a function of a ``CheckContext``: the node's validated config and a way to
+run a read-only command on it. Both pyinfra hosts and testinfra hosts provide that, so
+the same check backs the readiness report and ``pytest --pyargs ccfactory.verify``.
+A check that raises is reported as an ``error`` of that check, never a crash of the run.
+
+Example::
+
+    @check("host.iommu_on", stage="host", applies=lambda cfg: cfg.tee != "none")
+    def iommu_on(ctx):
+        groups = ctx.run("ls /sys/kernel/iommu_groups | wc -l").stdout.strip()
+        if groups == "0":
+            return fail("no IOMMU groups", hint="enable IOMMU in BIOS and on the kernel command line")
+        return ok(f"{groups} IOMMU groups")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ccfactory.config import NodeConfig
+from ccfactory.verify.report import CheckResult
+
+
+@dataclass(frozen=True)
+class CommandOutput:
+    rc: int
+    stdout: str
+    stderr: str = ""
+
+
+class Runner(Protocol):
+    def __call__(self, command: str) -> CommandOutput: ...
+
+
+@dataclass
+class CheckContext:
+    """What a check may use: the node's config and read-only commands on the node."""
+
+    cfg: NodeConfig
+    run: Runner
+    cache: dict = field(default_factory=dict)
+
+    def once(self, key: str, compute: Callable[[], object]):
+        """Compute shared evidence (a parsed fact) once per node, for all checks."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    detail: str
+    hint: str = ""
+    simulated: str = ""
+
+
+def ok(detail: str, simulated: str = "") -> Outcome:
+    return Outcome("pass", detail, simulated=simulated)
+
+
+def fail(detail: str, hint: str, simulated: str = "") -> Outcome:
+    return Outcome("fail", detail, hint, simulated)
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    stage: str
+    func: Callable[[CheckContext], Outcome]
+    applies: Callable[[NodeConfig], bool]
+    description: str
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def check(check_id: str, *, stage: str, applies: Callable[[NodeConfig], bool] = lambda cfg: True):
+    """Register a check under a stable id (``<stage>.<name>``)."""
+
+    def register(func: Callable[[CheckContext], Outcome]) -> Callable[[CheckContext], Outcome]:
+        if check_id in REGISTRY:
+            raise ValueError(f"check {check_id} registered twice")
+        REGISTRY[check_id] = Check(check_id, stage, func, applies, (func.__doc__ or "").strip().split("\n")[0])
+        return func
+
+    return register
+
+
+def run_check(item: Check, ctx: CheckContext) -> CheckResult:
+    """Run one check; not applicable, pass, fail, or error (with the exception text)."""
+    if not item.applies(ctx.cfg):
+        return CheckResult(check=item.id, stage=item.stage, status="n/a", detail="not applicable to this node")
+    try:
+        outcome = item.func(ctx)
+    except Exception as exc:  # noqa: BLE001 - a broken check must not stop the others
+        return CheckResult(
+            check=item.id, stage=item.stage, status="error", detail=f"check raised {type(exc).__name__}: {exc}",
+            hint="this is a ccfactory bug or an unexpected node state; the other checks still ran",
+        )
+    return CheckResult(
+        check=item.id, stage=item.stage, status=outcome.status, detail=outcome.detail,
+        hint=outcome.hint, simulated=outcome.simulated,
+    )
+
+
+def run_checks(ctx: CheckContext, stages: tuple[str, ...] | None = None) -> list[CheckResult]:
+    return [run_check(c, ctx) for c in REGISTRY.values() if stages is None or c.stage in stages]
