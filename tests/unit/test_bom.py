@@ -129,3 +129,18 @@ def test_missing_local_file_is_clear(tmp_path):
     source = ArtifactSource(kind="local", directory=str(tmp_path), cache_dir=str(tmp_path / "c"))
     with pytest.raises(ArtifactFetchError, match="cannot read .*demo-1.0.tar.gz: No such file"):
         fetch_artifact(artifact(), source)
+
+
+def test_lab_overlay_only_for_lab_hosts(tmp_path):
+    from ccfactory.bom import bom_for
+
+    (tmp_path / "bom-lab.toml").write_text(
+        "schema_version = 1\n[[artifact]]\nname = \"gpu-admin-tools\"\nversion = \"lab\"\n"
+        f"filename = \"gpu-admin-tools-lab.tar.gz\"\nurl = \"https://lab.invalid/g.tgz\"\nsha256 = \"{SHA}\"\n"
+        "source = \"lab stand-in\"\n"
+    )
+    lab = bom_for(True, str(tmp_path))
+    assert lab.artifact("gpu-admin-tools").version == "lab"
+    assert lab.artifact("kata-static") == load_bom().artifact("kata-static")
+    with pytest.raises(KeyError, match="not pinned"):
+        bom_for(False, str(tmp_path)).artifact("gpu-admin-tools")

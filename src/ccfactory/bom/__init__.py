@@ -129,6 +129,38 @@ def load_bom(path: str | None = None) -> Bom:
     return parse_bom(text)
 
 
+LAB_BOM = "bom-lab.toml"  # written by the lab next to its stand-in artifacts
+
+
+def bom_for(lab: bool, lab_dir: str | None) -> Bom:
+    """The BOM a host uses: the packaged one, or, for lab hosts only, the packaged one
+    with the lab's stand-in artifacts (same names, their own checksums) laid over it.
+
+    Stand-ins can reach a node only through this overlay, and only a host that
+    validation accepted as a node of a running lab gets it: any other host checks
+    artifacts against the packaged checksums, which no stand-in matches.
+
+    Example::
+
+        bom = bom_for(cfg.lab, cfg.lab_dir)
+    """
+    bom = load_bom()
+    if not lab:
+        return bom
+    if not lab_dir:
+        raise BomError("a lab host needs lab_dir to find the lab's artifacts")
+    path = Path(lab_dir) / LAB_BOM
+    if not path.is_file():
+        return bom
+    overlay = parse_bom(path.read_text(), origin=str(path))
+    replaced = {a.name for a in overlay.artifacts}
+    return Bom(
+        schema_version=bom.schema_version,
+        artifacts=tuple(a for a in bom.artifacts if a.name not in replaced) + overlay.artifacts,
+        pending=tuple(p for p in bom.pending if p.name not in replaced),
+    )
+
+
 def cli_main(argv: list[str]) -> int:
     """``ccfactory bom list|fetch``."""
     import argparse
