@@ -14,9 +14,8 @@ if (( want_lab )); then
     echo "bootstrap: the lab needs root (systemd-nspawn, network namespaces); rerun with sudo, or pass --no-lab" >&2
     exit 2
   fi
-  # keep in step with ccfactory.lab.hostdeps (a unit test compares the two)
-  pkgs=(systemd-container mmdebstrap debootstrap apt-cacher-ng iproute2 iptables openssh-client curl jq arch-test
-        ca-certificates python3-venv)
+  # one list, kept in ccfactory.lab.hostdeps (stdlib-only, importable before the venv exists)
+  read -r -a pkgs <<<"$(PYTHONPATH=src python3 -c 'from ccfactory.lab.hostdeps import required_packages as r; print(" ".join(r()))') python3-venv ca-certificates"
   missing=()
   for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
   if (( ${#missing[@]} )); then
