@@ -1,4 +1,4 @@
-"""Shared test paths."""
+"""Shared test fixtures."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-# Real recordings (nvidia-smi from an H100, vendor Redfish payloads) live beside the checkout.
-FIXTURES = REPO.parent / "shared" / "fixtures"
+from support import REPO
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FIXTURES
+from support import FIXTURES
 
 from ccfactory.parsers.nvidia import (
     parse_conf_compute,

@@ -8,7 +8,7 @@ from the kernel's own format strings (docs/formats.md lists each source).
 from __future__ import annotations
 
 import pytest
-from conftest import FIXTURES
+from support import FIXTURES
 
 from ccfactory.parsers.tee import (
     SECTION_CMDLINE,
