@@ -11,6 +11,10 @@ Examples::
 
 from __future__ import annotations
 
+# pyinfra_cli monkey-patches gevent on import; patching after ssl is imported breaks
+# every TLS handshake (RecursionError), so it goes first, as in the pyinfra CLI.
+import pyinfra_cli  # noqa: F401,E402  isort: skip
+
 import argparse
 import json
 import sys

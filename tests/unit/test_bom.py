@@ -144,3 +144,10 @@ def test_lab_overlay_only_for_lab_hosts(tmp_path):
     assert lab.artifact("kata-static") == load_bom().artifact("kata-static")
     with pytest.raises(KeyError, match="not pinned"):
         bom_for(False, str(tmp_path)).artifact("gpu-admin-tools")
+
+
+def test_plain_http_only_in_lab_overlay():
+    entry = f'[[artifact]]\nname="a"\nversion="1"\nfilename="a"\nurl="http://10.199.0.1:8080/a"\nsha256="{SHA}"\nsource="s"\n'
+    with pytest.raises(BomError, match="url: Value error, must be an https"):
+        parse_bom(entry)
+    assert parse_bom(entry, lab_overlay=True).artifact("a").url.startswith("http://")

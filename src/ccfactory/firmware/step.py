@@ -1,0 +1,58 @@
+"""One turn of the firmware loop on one BMC: read, resolve, plan, and (unless dry) PATCH.
+
+The firmware role calls :func:`firmware_step` once per host per pass; when
+``step.plan.reboot`` it reboots the host through the reboot mechanism (on Dell after
+checking ``step.applied.job_id``), waits, and calls it again until the plan is
+compliant. ``ccfactory firmware plan`` / ``--dry`` calls it with ``dry=True`` and prints
+``render_plan(step.plan)``.
+
+Example::
+
+    with RedfishClient.from_config(cfg.bmc, host=cfg.name) as client:
+        step = firmware_step(client, cfg.tee, overrides={"min_sev_asid": 100}, dry=True)
+        print(render_plan(step.plan))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccfactory.clients.redfish import ApplyResult, BiosSnapshot, RedfishClient
+from ccfactory.firmware.plan import FirmwarePlan, plan_firmware
+from ccfactory.firmware.profile import Value, bios_profile_for
+from ccfactory.firmware.resolve import AttributeRegistry, resolve_settings
+
+
+@dataclass(frozen=True)
+class FirmwareStep:
+    plan: FirmwarePlan
+    snapshot: BiosSnapshot
+    applied: ApplyResult | None = None  # the PATCH sent; None on a dry run or when nothing was patched
+
+
+def firmware_step(
+    client: RedfishClient,
+    tee: str,
+    *,
+    vendor: str | None = None,
+    extra_dirs: Iterable[str | Path] = (),
+    overrides: Mapping[str, Value] | None = None,
+    dry: bool = False,
+) -> FirmwareStep:
+    """Read the BMC, plan the next BIOS stage and, unless ``dry``, PATCH it (no reboot here).
+
+    ``vendor`` defaults to the client's. Raises the firmware errors (``ProfileError``,
+    ``ResolutionError``, ``PlanError``) and the client's ``RedfishError``s.
+    See the module docstring for an example.
+    """
+    profile = bios_profile_for(vendor or client.vendor, tee, extra_dirs=extra_dirs, overrides=overrides)
+    snapshot = client.read_bios()
+    registry = AttributeRegistry.from_redfish(snapshot.registry, snapshot.attributes)
+    resolved = resolve_settings(profile, registry, bmc=client.label)
+    plan = plan_firmware(profile, resolved, snapshot.attributes, snapshot.pending, registry)
+    applied = None
+    if plan.patch and not dry:
+        applied = client.apply_bios(plan.patch, snapshot=snapshot)
+    return FirmwareStep(plan, snapshot, applied)
