@@ -19,6 +19,10 @@
 # bmc_ca_bundle = None         # PEM of the BMCs' CA on the controller; None = system CAs
 # bmc_system_id = None         # discovered when the BMC manages one system
 # bmc_timeout = 30.0           # seconds per Redfish request
+# bmc_retries = 4              # attempts per Redfish request on 5xx / connection errors
+# bmc_retry_backoff = 1.0      # first backoff (s), doubled per retry
+# bios_overrides = {}          # logical BIOS setting -> value, e.g. {"min_sev_asid": 100}
+# bios_profile_dirs = []       # controller dirs with extra <vendor>.toml BIOS profiles (OEMs)
 
 # --- GPUs (set per role in the inventory file) ------------------------------------
 # gpu_count = 0                # the node must have exactly this many GPUs

@@ -40,8 +40,8 @@ ROLE_GROUPS = {"workers": "worker", "kbs": "kbs"}
 TEE_GROUPS = ("snp", "tdx")
 GPU_GROUP = "gpu"
 
-# BMC vendors with a BIOS profile. The firmware stage (and OEM profile directories)
-# extend this; validation only needs the names.
+# BMC vendors with a packaged BIOS profile (ccfactory/data/bios/); an OEM adds one with
+# bios_profile_dirs. Validation asks the profiles themselves; this is for help texts.
 KNOWN_BMC_VENDORS = ("dell", "hpe", "lenovo", "supermicro", "generic")
 
 DEFAULT_REBOOT_TIMEOUT = 1800  # bare-metal GPU servers take 10-30 minutes to POST
@@ -100,6 +100,22 @@ class HostData(_Strict):
         None, "Redfish ComputerSystem id; discovered when the BMC manages exactly one system.", "bmc"
     )
     bmc_timeout: float = _opt(30.0, "Seconds to wait for one Redfish request.", "bmc", gt=0, le=600)
+    bmc_retries: int = _opt(
+        4, "Attempts per Redfish request on 5xx and connection errors (exponential backoff).", "bmc", ge=1, le=20
+    )
+    bmc_retry_backoff: float = _opt(1.0, "First backoff in seconds between Redfish retries.", "bmc", ge=0, le=120)
+    bios_overrides: dict[str, str | int] = _opt(
+        {},
+        "Per-setting overrides of the vendor BIOS profile, by logical name, e.g. "
+        "`{\"min_sev_asid\": 100, \"tsme\": \"Disabled\"}`.",
+        "bmc",
+    )
+    bios_profile_dirs: list[str] = _opt(
+        [],
+        "Controller-side directories with extra or replacement BIOS profiles (`<vendor>.toml`); "
+        "searched before the packaged ones. An OEM adds a vendor here.",
+        "bmc",
+    )
     # --- GPUs
     gpu_count: int = _opt(0, "Number of NVIDIA GPUs the node must have.", "gpu", ge=0, le=64)
     gpu_model: str | None = _opt(
@@ -233,6 +249,10 @@ class BmcConfig(_Strict):
     ca_bundle: str | None = None
     system_id: str | None = None
     timeout: float = 30.0
+    retries: int = 4
+    retry_backoff: float = 1.0
+    bios_overrides: dict[str, str | int] = {}
+    bios_profile_dirs: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -376,6 +396,7 @@ def _lab_problem(host: str, data: HostData) -> Problem | None:
 def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) -> tuple[list[Problem], Tee]:
     problems: list[Problem] = []
     add = problems.append
+    add_all = problems.extend
 
     tee_groups = [g for g in TEE_GROUPS if g in groups]
     tee: Tee
@@ -451,8 +472,8 @@ def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) ->
                 "set the NAME of a variable, e.g. BMC_PASSWORD_NODE1",
             )
         )
-    if data.bmc_vendor and data.bmc_vendor not in KNOWN_BMC_VENDORS:
-        add(Problem(host, "bmc_vendor", f"unknown vendor {data.bmc_vendor!r}", FIELD_HINTS["bmc_vendor"]))
+    if data.bmc_vendor:
+        add_all(_bios_problems(host, data, tee))
     if data.bmc_address:
         bad = _check_url(f"https://{data.bmc_address}", https_only=True)
         if bad or "/" in data.bmc_address:
@@ -490,6 +511,31 @@ def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) ->
     return problems, tee
 
 
+def _bios_problems(host: str, data: HostData, tee: str) -> list[Problem]:
+    """The vendor must have a BIOS profile and the overrides must name its settings."""
+    from ccfactory.firmware import FirmwareError, bios_profile_for, known_vendors
+
+    dirs = [str(Path(d).expanduser()) for d in data.bios_profile_dirs]
+    missing = [d for d in dirs if not Path(d).is_dir()]
+    if missing:
+        return [Problem(host, "bios_profile_dirs", f"not a directory: {', '.join(missing)}", "fix the path")]
+    try:
+        vendors = known_vendors(dirs)
+    except FirmwareError as exc:
+        return [Problem(host, "bios_profile_dirs", str(exc), "fix the profile file")]
+    if data.bmc_vendor not in vendors:
+        fix = f"use one of {', '.join(vendors)}, or add <vendor>.toml to bios_profile_dirs"
+        return [Problem(host, "bmc_vendor", f"unknown vendor {data.bmc_vendor!r}", fix)]
+    if tee not in ("snp", "tdx"):
+        return []
+    try:
+        bios_profile_for(data.bmc_vendor, tee, extra_dirs=dirs, overrides=data.bios_overrides or None)
+    except FirmwareError as exc:
+        field = "bios_overrides" if data.bios_overrides else "bmc_vendor"
+        return [Problem(host, field, str(exc).replace("\n", " "), "correct it against the profile (ccfactory/data/bios/<vendor>.toml)")]
+    return []
+
+
 def _file_problems(host: str, data: HostData) -> list[Problem]:
     """Controller-side files named by the inventory must exist."""
     problems = []
@@ -518,10 +564,10 @@ def load_node_config(
     except ValidationError as exc:
         problems = _pydantic_problems(name, exc)
         # keep going on the keys that did validate, so one run reports everything
-        bad = {p.field for p in problems}
+        bad = {p.field.split(".")[0] for p in problems}
         host_data = HostData(**{k: v for k, v in ours.items() if k not in bad and k in HostData.model_fields})
     cross, tee = _cross_field_problems(name, groups, host_data)
-    problems += [p for p in cross if p.field not in {q.field for q in problems}]
+    problems += [p for p in cross if p.field not in {q.field.split(".")[0] for q in problems}]
     if check_files:
         problems += _file_problems(name, host_data)
     if problems:
@@ -539,6 +585,10 @@ def load_node_config(
             ca_bundle=d.bmc_ca_bundle,
             system_id=d.bmc_system_id,
             timeout=d.bmc_timeout,
+            retries=d.bmc_retries,
+            retry_backoff=d.bmc_retry_backoff,
+            bios_overrides=d.bios_overrides,
+            bios_profile_dirs=tuple(d.bios_profile_dirs),
         )
     return NodeConfig(
         name=name,
