@@ -114,7 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Sub-commands with parsers of their own get their arguments untouched (incl. --help).
+_DELEGATED = {"lab": "ccfactory.lab", "bom": "ccfactory.bom"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _DELEGATED:
+        import importlib
+
+        return importlib.import_module(_DELEGATED[argv[0]]).cli_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
