@@ -5,4 +5,4 @@ Stages run in order; each is also a deploy of its own (deploy/<stage>.py).
 
 from ccfactory.deploys import run_stages
 
-run_stages(["preflight"])
+run_stages(["preflight", "gpu"])

@@ -17,6 +17,7 @@ from ccfactory.inventory import validate_inventory
 # Stage name -> role module. Order is the deploy order of deploy/site.py.
 STAGES = {
     "preflight": "ccfactory.roles.preflight",
+    "gpu": "ccfactory.roles.gpu",
 }
 
 

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ccfactory.lab import aptproxy, features, gpustate, hostdeps, network, power, proc, rootfs
+from ccfactory.lab import aptproxy, artifacts, features, gpustate, hostdeps, network, power, proc, rootfs
 from ccfactory.lab.aptsources import lab_sources
 from ccfactory.lab.errors import LabError
 from ccfactory.lab.hwprofile import BMC_VENDORS, DEFAULT_CYCLE, load_profile
@@ -44,6 +44,7 @@ BMC_PORT = 443
 BMC_USERNAME = "admin"
 SSH_TIMEOUT = 120.0
 BMC_SERVER_MODULE = "ccfactory.lab.bmc.server"
+ARTIFACT_SERVER_MODULE = "ccfactory.lab.artifacts"
 SUPERVISOR_STOP_TIMEOUT = 35.0  # the supervisor's own graceful budget is 20 s
 
 
@@ -393,6 +394,8 @@ def up(
             nets = f"{network.LAB_BRIDGE} {network.LAB_GATEWAY}/24, {network.BMC_BRIDGE} {network.BMC_GATEWAY}/24"
             _step(f"network: bridges {nets}", t0)
         aptproxy.ensure_apt_proxy(lab, sources)
+        # stand-in artifacts (GPU admin tool, ...) built and served "as if from upstream" on the bridge
+        artifacts.start(lab)
         base, base_hash, built = rootfs.ensure_base_image(lab, sources)
         # nodes beyond the requested count go away (their disks stay until reset/wipe)
         wanted_names = {s.name for s in specs}
@@ -498,16 +501,16 @@ def _sweep_processes(lab: Path) -> list[int]:
     acng = proc.find_processes(lab, ("apt-cacher-ng",))
     for pid in acng:
         proc.stop(pid, timeout=5, what="stale apt-cacher-ng")
-    bmcs = proc.find_processes(lab, (BMC_SERVER_MODULE,))  # if the BMC service's own stop missed one
+    bmcs = proc.find_processes(lab, (BMC_SERVER_MODULE, ARTIFACT_SERVER_MODULE))  # if their own stop missed one
     for pid in bmcs:
-        proc.stop(pid, timeout=5, what="stale BMC emulator")
+        proc.stop(pid, timeout=5, what="stale lab server")
     return found + nspawns + acng + bmcs
 
 
 def leftovers(lab_dir: str | os.PathLike | None = None) -> list[str]:
     """Anything of the lab still present: processes, mounts, network objects ([] after ``down``)."""
     lab = lab_path(lab_dir)
-    programs = ("ccfactory.lab.supervisor", "systemd-nspawn", "apt-cacher-ng", BMC_SERVER_MODULE)
+    programs = ("ccfactory.lab.supervisor", "systemd-nspawn", "apt-cacher-ng", BMC_SERVER_MODULE, ARTIFACT_SERVER_MODULE)
     out = [f"process {pid}: {' '.join(proc.cmdline(pid))[:80]}" for pid in proc.find_processes(lab, programs)]
     out += [f"mount {m}" for m in rootfs.mounts_below(lab)]
     out += network.leftovers()
@@ -535,6 +538,7 @@ def down(*, lab_dir: str | os.PathLike | None = None, wipe: bool = False) -> Non
             with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
                 list(pool.map(lambda n: _stop_supervisor(NodePaths(lab, n)), names))
             aptproxy.stop_apt_proxy(lab)
+            artifacts.stop(lab)
             stale = _sweep_processes(lab)
             if stale:
                 log.info("stopped %d stale lab process(es) left by a crash", len(stale))

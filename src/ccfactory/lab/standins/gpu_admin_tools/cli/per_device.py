@@ -1,0 +1,14 @@
+"""Actions on any selected device, run first for each device (as in the real tool)."""
+
+
+def main_per_device(device, opts):
+    if opts.sysfs_unbind:
+        device.sysfs_unbind()
+
+    if opts.sysfs_bind:
+        device.sysfs_bind(opts.sysfs_bind)
+
+    if opts.reset_with_os:
+        device.reset_with_os()
+
+    return True

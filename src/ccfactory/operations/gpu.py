@@ -1,0 +1,404 @@
+"""GPU operations: gpu-admin-tools installed, GPUs in the wanted CC/PPCIe mode, GPUs on vfio-pci.
+
+Each operation is named for the state it ensures and yields nothing when facts show that
+state (a converged node: no change). Mode switches run NVIDIA's ``nvidia_gpu_tools.py``
+(or the lab stand-in, same CLI) with stdout and stderr together and check its log lines
+(``ccfactory.parsers.gpuadmin``); after every switch the modes are read again and each
+device is verified. A failure names the device (PCI address), what it is in, and the
+exact command that finishes the switch.
+
+Ordering (shared/reference/cc-stack.md §3.1; NVIDIA k8s-cc-manager):
+
+* ``on``/``devtools``/``off``: PPCIe off on every device that has it (stage on all, then
+  reset all), then the CC mode on every GPU, each GPU reset and checked by the tool.
+* ``ppcie`` (HGX Hopper): CC off on every GPU, then PPCIe on staged on every GPU and
+  NVSwitch without reset, then all of them reset together and queried. (The tool has no
+  CC mode on NVSwitches: ``--set-cc-mode`` does nothing there, so only GPUs get it.)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pyinfra import host
+from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.facts.files import FileContents
+
+from ccfactory.facts.gpu import NvidiaGpus
+from ccfactory.facts.gpu_cc import GpuCcModes, GpuModes
+from ccfactory.parsers.gpuadmin import parse_admin_tool_output
+
+logger = logging.getLogger("pyinfra")
+
+TOOL_ROOT = "/opt/ccfactory/gpu-admin-tools"
+TOOL_ENTRY = "nvidia_gpu_tools.py"
+DRIVER_HOLDERS = ("nvidia", "nouveau")  # host GPU drivers that must not hold a GPU during a switch
+CC_MODES = ("on", "devtools", "off", "ppcie")
+INSTALLED_MARKER = ".ccfactory-sha256"
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d,\d\d:\d\d:\d\d\.\d{3} [A-Z]+\s+")  # the tool's logging format
+
+
+def tool_dir(version: str) -> str:
+    """``/opt/ccfactory/gpu-admin-tools/<version>``"""
+    return f"{TOOL_ROOT}/{version}"
+
+
+def tool_path(version: str) -> str:
+    return f"{tool_dir(version)}/{TOOL_ENTRY}"
+
+
+# ------------------------------------------------------------------ planning (pure)
+
+
+@dataclass(frozen=True)
+class ToolStep:
+    """One run of the tool: why, and its arguments."""
+
+    purpose: str
+    args: tuple[str, ...]
+
+    def command(self, tool: str) -> str:
+        return " ".join(["python3", shlex.quote(tool), *map(shlex.quote, self.args), "2>&1"])
+
+    def shown(self, tool: str) -> str:
+        """The command as an operator types it on the node (as root)."""
+        return " ".join(["python3", shlex.quote(tool), *map(shlex.quote, self.args)])
+
+
+@dataclass(frozen=True)
+class ModePlan:
+    """Tool runs that take the devices from their current modes to the wanted ones."""
+
+    mode: str
+    steps: tuple[ToolStep, ...]
+    want_cc: dict[str, str] = field(default_factory=dict)  # GPU -> CC mode after the steps
+    want_ppcie: dict[str, str] = field(default_factory=dict)  # device -> PPCIe mode after the steps
+    done: tuple[str, ...] = ()  # devices already in their wanted modes
+    todo: tuple[str, ...] = ()  # devices not (yet) in them, "bdf (cc X, ppcie Y)"
+    mixed: bool = False  # known modes differ between GPUs, or between PPCIe devices
+
+    @property
+    def half_switched(self) -> bool:
+        """GPUs (or PPCIe devices) in different modes while a switch is due: an interrupted
+        switch, or devices switched one by one by hand."""
+        return self.mixed and bool(self.steps)
+
+    def recovery(self, tool: str) -> str:
+        return " && ".join(step.shown(tool) for step in self.steps)
+
+
+def plan_modes(
+    mode: str,
+    gpus: Sequence[str],
+    ppcie_devices: Sequence[str],
+    cc_now: dict[str, str],
+    ppcie_now: dict[str, str],
+) -> ModePlan:
+    """The tool runs needed (pure). A device missing from ``cc_now``/``ppcie_now`` (mode
+    unknown, e.g. before the tool is installed) counts as not in the wanted mode.
+
+    ``gpus``: every GPU of the node; ``ppcie_devices``: the GPUs and NVSwitches that
+    support PPCIe (Hopper). ``mode``: ``on``, ``devtools``, ``off`` or ``ppcie``.
+
+    >>> p = plan_modes("on", ["0000:18:00.0"], [], {"0000:18:00.0": "off"}, {})
+    >>> [s.args for s in p.steps]
+    [('--devices', '0000:18:00.0', '--set-cc-mode', 'on', '--reset-after-cc-mode-switch')]
+    """
+    if mode not in CC_MODES:
+        raise ValueError(f"unknown GPU CC mode {mode!r}; use one of {', '.join(CC_MODES)}")
+    cc_target = "off" if mode == "ppcie" else mode
+    ppcie_target = "on" if mode == "ppcie" else "off"
+    want_cc = {g: cc_target for g in gpus}
+    want_ppcie = {d: ppcie_target for d in ppcie_devices}
+    cc_wrong = [g for g in gpus if cc_now.get(g) != cc_target]
+    ppcie_wrong = [d for d in ppcie_devices if ppcie_now.get(d) != ppcie_target]
+
+    def ppcie_steps(target: str) -> list[ToolStep]:
+        devices = ",".join(ppcie_wrong)
+        return [
+            ToolStep(f"staging PPCIe mode {target} for {len(ppcie_wrong)} device(s)", ("--devices", devices, "--set-ppcie-mode", target)),
+            ToolStep(
+                f"resetting {len(ppcie_wrong)} device(s) together to apply PPCIe mode {target}",
+                ("--devices", devices, "--reset-with-os", "--query-ppcie-mode"),
+            ),
+        ]
+
+    cc_step = ToolStep(
+        f"switching {len(cc_wrong)} GPU(s) to CC mode {cc_target}",
+        ("--devices", ",".join(cc_wrong), "--set-cc-mode", cc_target, "--reset-after-cc-mode-switch"),
+    )
+    steps: list[ToolStep] = []
+    if mode == "ppcie":
+        steps += [cc_step] if cc_wrong else []
+        steps += ppcie_steps("on") if ppcie_wrong else []
+    else:
+        steps += ppcie_steps("off") if ppcie_wrong else []
+        steps += [cc_step] if cc_wrong else []
+
+    done, todo = [], []
+    for bdf in sorted(set(gpus) | set(ppcie_devices)):
+        bad = (bdf in want_cc and bdf in cc_wrong) or (bdf in want_ppcie and bdf in ppcie_wrong)
+        if not bad:
+            done.append(bdf)
+            continue
+        state = []
+        if bdf in want_cc:
+            state.append(f"cc {cc_now.get(bdf, 'unknown')}")
+        if bdf in want_ppcie:
+            state.append(f"ppcie {ppcie_now.get(bdf, 'unknown')}")
+        todo.append(f"{bdf} ({', '.join(state)})")
+    # "half-switched" only means something for modes that are known
+    mixed = len({cc_now[g] for g in gpus if g in cc_now}) > 1 or len({ppcie_now[d] for d in ppcie_devices if d in ppcie_now}) > 1
+    return ModePlan(mode, tuple(steps), want_cc, want_ppcie, tuple(done), tuple(todo), mixed)
+
+
+def mode_mismatches(plan: ModePlan, modes: GpuModes) -> list[str]:
+    """Devices whose reported mode is not the planned one: ``"bdf: CC off (wanted on)"``."""
+    out = []
+    for bdf, want in sorted(plan.want_cc.items()):
+        got = modes.cc.get(bdf, "unknown")
+        if got != want:
+            out.append(f"{bdf}: CC {got} (wanted {want})")
+    for bdf, want in sorted(plan.want_ppcie.items()):
+        got = modes.ppcie.get(bdf, "unknown")
+        if got != want:
+            out.append(f"{bdf}: PPCIe {got} (wanted {want})")
+    return out
+
+
+def driver_holders(devices, bdfs: Sequence[str]) -> list[str]:
+    """``"<driver> holds <bdf>"`` for every listed device bound to a host GPU driver."""
+    out = []
+    for bdf in bdfs:
+        d = devices.by_bdf(bdf)
+        if d is not None and d.driver in DRIVER_HOLDERS:
+            out.append(f"{d.driver} holds {bdf}")
+    return out
+
+
+# ------------------------------------------------------------------ execute-time callbacks
+
+
+class _HostCallback(FunctionCommand):
+    """A FunctionCommand whose function also gets the operation's connector arguments
+    (``_sudo`` ...), so commands it runs are privileged like the operation's own."""
+
+    def execute(self, state, host, connector_arguments):  # noqa: ARG002 - pyinfra's signature
+        return self.function(state, host, connector_arguments, *self.args, **self.kwargs)
+
+
+def _fail(state, host, problem: str) -> bool:  # noqa: ARG001 - pyinfra passes state and host
+    host.log_styled(f"ccfactory: {problem}", fg="red", log_func=logger.error)
+    return False
+
+
+def _query(host, tool: str, gpus: Sequence[str], ppcie_devices: Sequence[str]) -> GpuModes:
+    # inside an operation a fact inherits the operation's global arguments (_sudo ...)
+    return host.get_fact(GpuCcModes, tool=tool, cc_devices=",".join(gpus), ppcie_devices=",".join(ppcie_devices))
+
+
+def _describe(plan: ModePlan) -> str:
+    parts = [f"in the wanted modes: {', '.join(plan.done) or 'none'}"]
+    if plan.todo:
+        parts.append(f"not yet: {', '.join(plan.todo)}")
+    return "; ".join(parts)
+
+
+# What to do first, by the kind of failure the tool reported (parsers/gpuadmin events).
+_FIRST = {
+    "fw_update_needed": "update the HGX firmware of {bdfs} (PPCIe needs HGX Hopper FW 1.7.0 or later; "
+    "shared/reference/cc-stack.md §3.4), then",
+    "driver_in_use": "unload the host driver from {bdfs}, then",
+    "unsupported": "{bdfs} cannot do this (check gpu_model and gpu_cc_mode); otherwise",
+}
+
+
+def _failure_text(step: ToolStep, report, output, now: GpuModes, rest: ModePlan, tool: str) -> str:
+    """The message for a failed tool run: what failed, where every device is, how to recover."""
+    why = [_LOG_PREFIX.sub("", e.line).rstrip(".") for e in report.failures] or [
+        " | ".join(line.strip() for line in output.output_lines[-3:] if line.strip()) or "no output"
+    ]
+    text = [f"gpu-admin-tools failed {step.purpose}: {'; '.join(why)}."]
+    if now.installed and not now.problems:
+        text.append(f"Devices now {_describe(rest)}.")
+    first = []
+    for event, advice in _FIRST.items():
+        bdfs = sorted({e.device.bdf for e in report.failures if e.event == event})
+        if bdfs:
+            first.append(advice.format(bdfs=", ".join(bdfs)))
+    undo = []
+    for feature, flag, current in (("cc", "--set-cc-mode", now.cc), ("ppcie", "--set-ppcie-mode", now.ppcie)):
+        by_mode: dict[str, list[str]] = {}
+        for bdf in report.pending_reset(feature):
+            by_mode.setdefault(current.get(bdf, "off"), []).append(bdf)
+        for mode, bdfs in sorted(by_mode.items()):
+            undo.append(ToolStep("", ("--devices", ",".join(bdfs), flag, mode)).shown(tool))
+    if undo:
+        pending = sorted({b for f in ("cc", "ppcie") for b in report.pending_reset(f)})
+        text.append(
+            f"Set but not applied, and applied by the next reset or reboot: {', '.join(pending)}; "
+            f"to withdraw that: {' && '.join(undo)}."
+        )
+    text.append(
+        f"Recovery, as root on the node: {' '.join(first) + ' ' if first else ''}"
+        f"{rest.recovery(tool) or step.shown(tool)}; if a device keeps its old mode after the reset, "
+        "power-cycle the node through its BMC (a cold reset applies pending modes) and re-run the gpu stage."
+    )
+    return " ".join(text)
+
+
+def _switch(state, host, connector_arguments, plan: ModePlan, tool: str, gpus, ppcie_devices) -> bool:
+    """Run the plan's tool steps, then read every device back and verify it."""
+    if plan.half_switched:
+        host.log_styled(
+            f"ccfactory: GPUs are half-switched ({_describe(plan)}); finishing with: {plan.recovery(tool)}",
+            fg="yellow",
+            log_func=logger.warning,
+        )
+    for step in plan.steps:
+        ok, output = host.run_shell_command(
+            StringCommand(step.command(tool)), print_output=state.print_output, **connector_arguments
+        )
+        report = parse_admin_tool_output(output.output_lines)
+        if ok and not report.failures:
+            continue
+        now = _query(host, tool, gpus, ppcie_devices)
+        rest = plan_modes(plan.mode, gpus, ppcie_devices, now.cc, now.ppcie)
+        return _fail(state, host, _failure_text(step, report, output, now, rest, tool))
+    now = _query(host, tool, gpus, ppcie_devices)
+    wrong = mode_mismatches(plan, now) if not now.problems else list(now.problems)
+    if wrong:
+        rest = plan_modes(plan.mode, gpus, ppcie_devices, now.cc, now.ppcie)
+        return _fail(
+            state,
+            host,
+            f"after the switch to {plan.mode}, these devices are not as wanted: {'; '.join(wrong)}. "
+            f"Recovery, as root on the node: {rest.recovery(tool)}",
+        )
+    host.log_styled(
+        f"GPU modes verified after reset: {len(plan.want_cc)} GPU(s) CC "
+        f"{'off' if plan.mode == 'ppcie' else plan.mode}"
+        + (f", {len(plan.want_ppcie)} device(s) PPCIe {'on' if plan.mode == 'ppcie' else 'off'}" if plan.want_ppcie else ""),
+        log_func=logger.info,
+    )
+    return True
+
+
+# ------------------------------------------------------------------ operations
+
+
+@operation()
+def admin_tools_unpacked(archive: str, dest: str, sha256: str):
+    """gpu-admin-tools from ``archive`` (a tarball already on the host) unpacked in ``dest``.
+
+    + archive: path of the tarball on the host (pushed with ``files.put``)
+    + dest: install directory, e.g. ``/opt/ccfactory/gpu-admin-tools/<version>``
+    + sha256: the BOM's checksum; checked again on the host before unpacking
+
+    ``dest/.ccfactory-sha256`` records what was unpacked: the same checksum means nothing
+    to do. The tarball's top directory is stripped (GitHub tag archives have one); the
+    new tree replaces ``dest`` only once complete.
+
+    **Example:**
+
+    .. code:: python
+
+        gpu.admin_tools_unpacked(archive="/opt/ccfactory/gpu-admin-tools/x.tar.gz",
+                                 dest="/opt/ccfactory/gpu-admin-tools/v2026.02.24o", sha256=artifact.sha256)
+    """
+    marker = f"{dest}/{INSTALLED_MARKER}"
+    current = host.get_fact(FileContents, path=marker)
+    if current and current[0].strip() == sha256:
+        host.noop(f"gpu-admin-tools already unpacked in {dest}")
+        return
+    a, d, tmp = shlex.quote(archive), shlex.quote(dest), shlex.quote(f"{dest}.ccfactory-new")
+    yield StringCommand(
+        " && ".join(
+            [
+                f"echo {shlex.quote(f'{sha256}  {archive}')} | sha256sum -c --quiet -",
+                f"rm -rf {tmp}",
+                f"mkdir -p {tmp}",
+                f"tar -xf {a} -C {tmp} --strip-components=1 --no-same-owner",
+                f"test -f {tmp}/{TOOL_ENTRY}",
+                f"echo {shlex.quote(sha256)} > {tmp}/{INSTALLED_MARKER}",
+                f"rm -rf {d}",
+                f"mv {tmp} {d}",
+            ]
+        )
+    )
+
+
+@operation()
+def cc_mode(mode: str, gpus: list[str], ppcie_devices: list[str], tool: str):
+    """Every GPU in CC mode ``mode`` (``on``/``devtools``/``off``), or PPCIe on every GPU
+    and NVSwitch with CC off (``ppcie``), each device verified after its reset.
+
+    + mode: ``on``, ``devtools``, ``off`` or ``ppcie``
+    + gpus: PCI addresses of all GPUs of the node (all alike: partial CC is unsupported)
+    + ppcie_devices: PCI addresses of the devices that support PPCIe (Hopper GPUs and
+      NVSwitches); their PPCIe mode is turned off for the CC modes, on for ``ppcie``
+    + tool: path of ``nvidia_gpu_tools.py`` on the host
+
+    Refuses (changes nothing) while a host GPU driver (nvidia, nouveau) holds one of the
+    devices. A node found half-switched (some devices in the wanted mode, some not) is
+    reported with the command that finishes it, then finished. If the tool fails, the
+    message names the device, what every device is in now, and the recovery command.
+
+    **Example:**
+
+    .. code:: python
+
+        gpu.cc_mode(mode="on", gpus=["0000:18:00.0", "0000:2a:00.0"], ppcie_devices=[],
+                    tool=tool_path(version), _sudo=True)
+    """
+    devices = host.get_fact(NvidiaGpus)
+    modes = host.get_fact(GpuCcModes, tool=tool, cc_devices=",".join(gpus), ppcie_devices=",".join(ppcie_devices))
+    if modes.installed and modes.problems:
+        yield FunctionCommand(_fail, (f"gpu-admin-tools could not read the GPU modes: {'; '.join(modes.problems)}",), {})
+        return
+    known = modes.installed
+    plan = plan_modes(mode, gpus, ppcie_devices, modes.cc if known else {}, modes.ppcie if known else {})
+    if not plan.steps:
+        host.noop(f"{len(gpus)} GPU(s) already in CC mode {mode}")
+        return
+    holders = driver_holders(devices, sorted(set(gpus) | set(ppcie_devices)))
+    if holders:
+        yield FunctionCommand(
+            _fail,
+            (
+                f"not switching GPU modes while a host driver holds a GPU: {'; '.join(holders)}. "
+                "Unload it (e.g. `modprobe -r nvidia_drm nvidia_modeset nvidia_uvm nvidia`) and keep it from "
+                "loading (no host NVIDIA driver on a CoCo node), then re-run",
+            ),
+            {},
+        )
+        return
+    yield _HostCallback(_switch, (plan, tool, list(gpus), list(ppcie_devices)), {})
+
+
+@operation()
+def vfio_bound(devices: list[str], hint: str = ""):
+    """Every listed device bound to ``vfio-pci`` (checks only: binding comes from the
+    modprobe.d configuration and a reboot). Fails naming each device and its driver.
+
+    + devices: PCI addresses
+    + hint: extra advice appended to the failure message
+    """
+    found = host.get_fact(NvidiaGpus)
+    wrong = []
+    for bdf in devices:
+        d = found.by_bdf(bdf)
+        if d is None:
+            wrong.append(f"{bdf} is missing")
+        elif d.driver != "vfio-pci":
+            iommu = "" if d.iommu_group is not None else ", no IOMMU group (the IOMMU is off)"
+            wrong.append(f"{bdf} is on {d.driver or 'no driver'}{iommu}")
+    if not wrong:
+        host.noop(f"{len(devices)} device(s) on vfio-pci")
+        return
+    problem = f"not bound to vfio-pci: {'; '.join(wrong)}"
+    yield FunctionCommand(_fail, (f"{problem}. {hint}".strip(),), {})
