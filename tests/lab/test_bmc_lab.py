@@ -66,9 +66,12 @@ def test_redfish_force_restart_really_reboots_the_node(lab):
     assert _system(lab, node).power_state == sc.PowerState.ON
 
 
-@pytest.mark.skipif(os.environ.get("CCFACTORY_LAB_PLATFORM", "local") == "local",
-                    reason="nodes read their BIOS state locally; run with CCFACTORY_LAB_PLATFORM=bmc")
 def test_enabling_snp_through_redfish_turns_snp_on_in_the_node(lab):
+    from ccfactory.lab import manager
+
+    # nodes must read their BIOS state from their BMC for this test (the session default
+    # is the local platform.json that core tests set directly)
+    manager.up(lab_dir=lab.dir, inventory=lab.inventory, platform_source="bmc")
     node = lab.node_of_profile("amd-snp-hgx")
     vendor = lab.nodes[node]["bmc_vendor"]
     assert lab.ssh(node, "cat /sys/module/kvm_amd/parameters/sev_snp").stdout.strip() == "N"
@@ -81,8 +84,9 @@ def test_enabling_snp_through_redfish_turns_snp_on_in_the_node(lab):
             time.sleep(1)
             lab.wait_ssh(node)
         assert lab.ssh(node, "cat /sys/module/kvm_amd/parameters/sev_snp").stdout.strip() == "Y"
-    finally:  # leave the node as the other lab tests expect it: factory BIOS
+    finally:  # leave the node as the other lab tests expect it: factory BIOS, local source
         reset_bios(lab.dir, node)
         _system(lab, node).reset_system(sc.ResetType.FORCE_RESTART)
         time.sleep(1)
         lab.wait_ssh(node)
+        manager.up(lab_dir=lab.dir, inventory=lab.inventory, platform_source="local")
