@@ -31,7 +31,39 @@ bios_overrides = {"min_sev_asid": 100}  # ASIDs 1-99 for SEV-ES/SNP guests; see 
 
 # --- KBS --------------------------------------------------------------------------
 kbs_url = "https://kbs-01.example.net:8080"
-# kbs_ca_cert = None           # controller-side CA of the KBS certificate
+# kbs_ca_cert = None           # controller-side CA of the KBS certificate (the kbs stage makes one)
+# KBS host settings (used by the kbs stage on hosts in group kbs):
+# kbs_resources = {}           # {"models/llama-3/key": "/secure/keys/llama-3.key"}: uploaded, never printed
+# kbs_gpu_resources = None     # resource paths that also need GPU attestation (default: all, with GPU workers)
+# kbs_policy_file = None       # your own Rego resource policy (the sample-denial check still runs)
+# kbs_attestation_policy_file = None
+# kbs_reference_values = {}    # {"snp_launch_measurement": ["..."]}
+# kbs_reference_values_file = None
+# kbs_lab_permissive = False   # lab only; refused anywhere else
+# kbs_pki_dir = None           # controller dir of KBS keys (default ~/.ccfactory/sites/<kbs host>/pki)
+# kbs_ca_key_file = None       # bring your own CA: its key (with kbs_ca_cert)
+# kbs_tls_cert_file = None     # bring your own KBS HTTPS certificate ...
+# kbs_tls_key_file = None      # ... and its key (0600)
+# kbs_admin_key_file = None    # bring your own Ed25519 admin key (never leaves the controller)
+# kbs_nvidia_verifier = "Remote"   # Remote (NRAS) | Local
+
+# --- runtime (containerd, Kata, CoCo guest components) -------------------------------
+# runtime_shims = None         # default by TEE and GPUs: kata-qemu-snp (+ kata-qemu-nvidia-gpu-snp)
+# runtime_guest_pull = False   # image pull inside the guest (nydus; needs it pinned in the BOM)
+# runtime_drain = False        # allow replacing Kata while sandboxes run
+# runtime_kubeconfig = None    # apply RuntimeClasses + node labels with kubectl when set
+# runtime_output_dir = "~/.local/share/ccfactory/runtime"   # manifests + initdata report
+# template_overlay_dirs = []   # site templates shadowing ccfactory's by relative path
+# runtime_kata_memory = 2048   # MiB, CPU guests
+# runtime_kata_vcpus = 1
+# runtime_kata_gpu_memory = 16384
+# runtime_kata_gpu_vcpus = 4
+# runtime_kata_timeout = 300   # s, CPU guests
+# runtime_kata_gpu_timeout = 1200
+# runtime_snp_guest_policy = 0x30000
+# runtime_tdx_qgs_port = 4050
+# coco_resource_uris = []      # ["kbs:///models/llama-3/key"]: fetched by the guest's CDH
+# runtime_health_timeout = 60.0
 
 # --- reboots ----------------------------------------------------------------------
 reboot_batch_size = 1          # hosts rebooting at once (rolling)

@@ -133,7 +133,95 @@ class HostData(_Strict):
         None, "URL of the Key Broker Service the node's guests attest to (https://).", "kbs"
     )
     kbs_ca_cert: str | None = _opt(
-        None, "Controller-side PEM file of the CA that signed the KBS certificate.", "kbs"
+        None,
+        "Controller-side PEM file of the CA that signed the KBS certificate (the site CA the "
+        "kbs stage creates, unless you bring your own).",
+        "kbs",
+    )
+    # --- KBS host (kbs stage); meanings in ccfactory.kbs.settings.KEYS
+    kbs_resources: dict[str, str] = _opt(
+        {}, "Resources to upload: KBS path `<repo>/<type>/<tag>` -> controller-side file.", "kbs"
+    )
+    kbs_gpu_resources: list[str] | None = _opt(
+        None,
+        "Resource paths that also need an affirming GPU attestation; unset: all, when the inventory has GPU workers.",
+        "kbs",
+    )
+    kbs_policy_file: str | None = _opt(
+        None, "Controller-side Rego file replacing ccfactory's strict resource policy.", "kbs"
+    )
+    kbs_attestation_policy_file: str | None = _opt(
+        None, "Controller-side Rego file replacing Trustee's default attestation policy.", "kbs"
+    )
+    kbs_reference_values: dict[str, list[str | int | bool]] = _opt(
+        {}, "Reference values for RVPS by name, e.g. `{\"snp_launch_measurement\": [\"...\"]}`.", "kbs"
+    )
+    kbs_reference_values_file: str | None = _opt(
+        None, "Controller-side TOML/JSON file of reference values (name = [values]); inventory wins per name.", "kbs"
+    )
+    kbs_lab_permissive: bool = _opt(
+        False, "LAB ONLY: release resources to any attested client, sample evidence included. Refused outside the lab.",
+        "kbs",
+    )
+    kbs_pki_dir: str | None = _opt(
+        None,
+        "Controller-side directory of the KBS keys and certificates "
+        "(default `~/.ccfactory/sites/<kbs host>/pki`, or under `$CCFACTORY_HOME`).",
+        "kbs",
+    )
+    kbs_ca_key_file: str | None = _opt(
+        None, "Private key of `kbs_ca_cert`, to issue the KBS HTTPS certificate with your own CA.", "kbs"
+    )
+    kbs_tls_cert_file: str | None = _opt(
+        None, "Your own KBS HTTPS certificate (issued by `kbs_ca_cert`, covering kbs_url).", "kbs"
+    )
+    kbs_tls_key_file: str | None = _opt(None, "Its private key (mode 0600).", "kbs")
+    kbs_admin_key_file: str | None = _opt(
+        None, "Your own Ed25519 admin private key (PKCS#8 PEM, 0600); never leaves the controller.", "kbs"
+    )
+    kbs_nvidia_verifier: Literal["Remote", "Local"] = _opt(
+        "Remote", "NVIDIA GPU verifier of the attestation service: `Remote` (NRAS) or `Local`.", "kbs"
+    )
+    # --- runtime (containerd, Kata, CoCo guest components)
+    runtime_shims: list[str] | None = _opt(
+        None,
+        "Kata shims to register; default by TEE and GPUs (qemu-snp/qemu-tdx, plus qemu-nvidia-gpu-snp/-tdx with GPUs).",
+        "runtime",
+    )
+    runtime_guest_pull: bool = _opt(
+        False, "Pull images inside the guest through the nydus snapshotter (BOM-pinned) for the Kata TEE handlers.",
+        "runtime",
+    )
+    runtime_drain: bool = _opt(
+        False, "Allow replacing Kata while sandboxes run on it (drain the node first).", "runtime"
+    )
+    runtime_kubeconfig: str | None = _opt(
+        None, "Controller-side kubeconfig; when set, RuntimeClasses and node labels are applied with kubectl.", "runtime"
+    )
+    runtime_output_dir: str = _opt(
+        "~/.local/share/ccfactory/runtime",
+        "Controller-side directory for Kubernetes manifests and the per-host initdata report.",
+        "runtime",
+    )
+    template_overlay_dirs: list[str] = _opt(
+        [], "Controller-side directories whose templates shadow ccfactory's by relative path.", "runtime"
+    )
+    runtime_kata_memory: int = _opt(2048, "Default guest memory (MiB) for CPU Kata shims.", "runtime", ge=256)
+    runtime_kata_vcpus: int = _opt(1, "Default guest vCPUs for CPU Kata shims.", "runtime", ge=1)
+    runtime_kata_gpu_memory: int = _opt(16384, "Default guest memory (MiB) for GPU Kata shims.", "runtime", ge=1024)
+    runtime_kata_gpu_vcpus: int = _opt(4, "Default guest vCPUs for GPU Kata shims.", "runtime", ge=1)
+    runtime_kata_timeout: int = _opt(300, "Agent dial and create-container timeout (s), CPU guests.", "runtime", ge=30)
+    runtime_kata_gpu_timeout: int = _opt(
+        1200, "Agent dial and create-container timeout (s), GPU guests.", "runtime", ge=60
+    )
+    runtime_snp_guest_policy: int = _opt(0x30000, "SEV-SNP guest policy for the SNP shims.", "runtime", ge=0)
+    runtime_tdx_qgs_port: int = _opt(4050, "TDX quote generation service vsock port.", "runtime", ge=0, le=65535)
+    coco_resource_uris: list[str] = _opt(
+        [], "KBS resources (`kbs:///repo/type/tag`) the guest's confidential data hub fetches at start.", "runtime"
+    )
+    runtime_health_timeout: float = _opt(
+        60.0, "Seconds to wait for containerd to be healthy after a config change before rolling back.", "runtime",
+        gt=0,
     )
     # --- reboots
     reboot_batch_size: int = _opt(
@@ -271,6 +359,25 @@ class KbsConfig(_Strict):
     ca_cert: str | None = None
 
 
+class RuntimeConfig(_Strict):
+    shims: tuple[str, ...] | None = None
+    guest_pull: bool = False
+    drain: bool = False
+    kubeconfig: str | None = None
+    output_dir: str = "~/.local/share/ccfactory/runtime"
+    template_overlay_dirs: tuple[str, ...] = ()
+    kata_memory: int = 2048
+    kata_vcpus: int = 1
+    kata_gpu_memory: int = 16384
+    kata_gpu_vcpus: int = 4
+    kata_timeout: int = 300
+    kata_gpu_timeout: int = 1200
+    snp_guest_policy: int = 0x30000
+    tdx_qgs_port: int = 4050
+    coco_resource_uris: tuple[str, ...] = ()
+    health_timeout: float = 60.0
+
+
 class RebootPolicy(_Strict):
     batch_size: int = 1
     timeout: int = DEFAULT_REBOOT_TIMEOUT
@@ -293,6 +400,7 @@ class NodeConfig(_Strict):
     bmc: BmcConfig | None
     gpu: GpuConfig
     kbs: KbsConfig
+    runtime: RuntimeConfig
     reboot: RebootPolicy
     artifacts: ArtifactSource
     lab: bool
@@ -497,6 +605,9 @@ def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) ->
             fix = "plain http is only for the lab" if bad == "must use https" else FIELD_HINTS["kbs_url"]
             add(Problem(host, "kbs_url", bad, fix))
 
+    if data.kbs_lab_permissive and not data.lab:
+        add(Problem(host, "kbs_lab_permissive", "permissive KBS policy outside the lab", "remove it: production KBS releases secrets only after attestation"))
+
     # artifacts
     if data.artifact_source == "mirror":
         if not data.artifact_mirror_url:
@@ -539,7 +650,8 @@ def _bios_problems(host: str, data: HostData, tee: str) -> list[Problem]:
 def _file_problems(host: str, data: HostData) -> list[Problem]:
     """Controller-side files named by the inventory must exist."""
     problems = []
-    for key in ("bmc_ca_bundle", "kbs_ca_cert"):
+    # kbs_ca_cert is not checked here: the kbs stage creates it on its first run
+    for key in ("bmc_ca_bundle",):
         value = getattr(data, key)
         if value and not Path(value).expanduser().is_file():
             problems.append(Problem(host, key, f"file {value} does not exist on the controller", "fix the path"))
@@ -598,6 +710,24 @@ def load_node_config(
         bmc=bmc,
         gpu=GpuConfig(count=d.gpu_count, model=d.gpu_model, cc_mode=d.gpu_cc_mode),
         kbs=KbsConfig(url=d.kbs_url, ca_cert=d.kbs_ca_cert),
+        runtime=RuntimeConfig(
+            shims=tuple(d.runtime_shims) if d.runtime_shims is not None else None,
+            guest_pull=d.runtime_guest_pull,
+            drain=d.runtime_drain,
+            kubeconfig=d.runtime_kubeconfig,
+            output_dir=d.runtime_output_dir,
+            template_overlay_dirs=tuple(d.template_overlay_dirs),
+            kata_memory=d.runtime_kata_memory,
+            kata_vcpus=d.runtime_kata_vcpus,
+            kata_gpu_memory=d.runtime_kata_gpu_memory,
+            kata_gpu_vcpus=d.runtime_kata_gpu_vcpus,
+            kata_timeout=d.runtime_kata_timeout,
+            kata_gpu_timeout=d.runtime_kata_gpu_timeout,
+            snp_guest_policy=d.runtime_snp_guest_policy,
+            tdx_qgs_port=d.runtime_tdx_qgs_port,
+            coco_resource_uris=tuple(d.coco_resource_uris),
+            health_timeout=d.runtime_health_timeout,
+        ),
         reboot=RebootPolicy(batch_size=d.reboot_batch_size, timeout=d.reboot_timeout),
         artifacts=ArtifactSource(
             kind=d.artifact_source,

@@ -17,7 +17,12 @@ from ccfactory.inventory import validate_inventory
 # Stage name -> role module. Order is the deploy order of deploy/site.py.
 STAGES = {
     "preflight": "ccfactory.roles.preflight",
+    "host": "ccfactory.roles.host",
     "gpu": "ccfactory.roles.gpu",
+    # before runtime: the KBS stage creates the site CA that workers' guests must trust
+    "kbs": "ccfactory.roles.kbs",
+    "runtime": "ccfactory.roles.runtime",
+    "verify": "ccfactory.roles.verify",  # always last: the readiness report
 }
 
 

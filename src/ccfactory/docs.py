@@ -21,6 +21,7 @@ SECTION_TITLES = {
     "bmc": "BMC (firmware stage)",
     "gpu": "GPUs",
     "kbs": "Key Broker Service",
+    "runtime": "Runtime (containerd, Kata, CoCo)",
     "reboot": "Reboots",
     "artifacts": "Artifacts (bill of materials)",
     "lab": "Lab",

@@ -25,8 +25,9 @@ def _free_port() -> int:
 def test_tarball_is_deterministic_and_has_the_real_layout(tmp_path):
     a = artifacts.build(tmp_path / "a")
     b = artifacts.build(tmp_path / "b")
-    (fa,) = (tmp_path / "a" / "artifacts").iterdir()
-    (fb,) = (tmp_path / "b" / "artifacts").iterdir()
+    # one file per stand-in; this test looks at gpu-admin-tools'
+    (fa,) = (tmp_path / "a" / "artifacts").glob("gpu-admin-tools-*")
+    (fb,) = (tmp_path / "b" / "artifacts").glob("gpu-admin-tools-*")
     assert fa.read_bytes() == fb.read_bytes()
     assert parse_bom(a.read_text(), lab_overlay=True) == parse_bom(b.read_text(), lab_overlay=True)
     mtime = fa.stat().st_mtime
@@ -47,7 +48,7 @@ def test_tarball_is_deterministic_and_has_the_real_layout(tmp_path):
 def test_bom_overlay_schema(tmp_path):
     path = artifacts.build(tmp_path, url="https://artifacts.lab.invalid:8443")
     bom = parse_bom(path.read_text(), origin=str(path))
-    (a,) = bom.artifacts
+    a = bom.artifact("gpu-admin-tools")  # one entry per stand-in
     data = (tmp_path / "artifacts" / a.filename).read_bytes()
     assert (a.name, a.source) == ("gpu-admin-tools", "ccfactory lab stand-in")
     assert a.sha256 == hashlib.sha256(data).hexdigest()
@@ -73,7 +74,7 @@ def test_server_serves_the_artifacts_and_stops(tmp_path):
         text = (tmp_path / "bom-lab.toml").read_text()
         assert f'url = "http://127.0.0.1:{port}/gpu-admin-tools-' in text
         bom = parse_bom(text, lab_overlay=True)
-        (a,) = bom.artifacts
+        a = bom.artifact("gpu-admin-tools")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/{a.filename}", timeout=5) as r:
             assert hashlib.sha256(r.read()).hexdigest() == a.sha256
         with pytest.raises(urllib.error.HTTPError):

@@ -83,8 +83,11 @@ def _gpu_admin_tools() -> StandIn:
 
 
 def standins() -> tuple[StandIn, ...]:
-    """Every lab stand-in (later: kata-static, trustee: one entry each)."""
-    return (_gpu_admin_tools(),)
+    """Every lab stand-in, one entry each: what cannot run here, served as if from upstream."""
+    from ccfactory.lab.standins.kata_static import standin as kata_static_standin
+    from ccfactory.lab.standins.trustee import standin as trustee_standin
+
+    return (_gpu_admin_tools(), kata_static_standin(), trustee_standin())
 
 
 # ------------------------------------------------------------------ deterministic tarballs

@@ -50,6 +50,23 @@ class CheckContext:
             self.cache[key] = compute()
         return self.cache[key]
 
+    def fact(self, fact_cls):
+        """Run a pyinfra fact's own command through ``run`` and its own parser, once per node.
+
+        Checks therefore see a node exactly as the stage's deploy does.
+        """
+
+        def compute():
+            fact = fact_cls()
+            command = fact.command() if callable(fact.command) else fact.command
+            out = self.run(command)
+            if out.rc != 0:
+                raise RuntimeError(f"{fact_cls.__name__} command failed ({out.rc}): {out.stderr.strip()[:200]}")
+            lines = out.stdout.splitlines()
+            return fact.process(lines) if lines else fact_cls.default()
+
+        return self.once(f"fact:{fact_cls.__module__}.{fact_cls.__name__}", compute)
+
 
 @dataclass(frozen=True)
 class Outcome:

@@ -57,7 +57,10 @@ def testinfra_spec(host) -> str | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     path = config.getoption("--pyinfra-inventory")
-    config.addinivalue_line("markers", "stage(name): the deploy stage a verify check belongs to")
+    from ccfactory.verify.report import STAGE_ORDER
+
+    for stage in STAGE_ORDER:  # select a stage's checks with -m <stage>
+        config.addinivalue_line("markers", f"{stage}: readiness checks of the {stage} stage")
     if not path:
         return
     from ccfactory.inventory import hosts_of, load_inventory

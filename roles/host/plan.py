@@ -1,0 +1,351 @@
+"""What the host stage must do on one node, decided from its config and facts (pure).
+
+``plan_host`` turns ``NodeConfig`` + facts (``NodeOs``, ``TeeHostStatus``, ``HostBootConfig``)
++ the distribution's commands into a ``HostPlan``: problems that stop the stage before it
+changes anything, the three files ccfactory owns, which boot tools to run, and whether to
+reboot and why. No pyinfra here: the role turns the plan into operations.
+
+Decisions (see the role's docstring for the why):
+
+* **Kernel**: ``kernels.toml`` minimums for the TEE; below a ``required`` one (or an
+  unreadable release) is a problem, below a ``recommended`` one a note. Lab nodes run the
+  lab machine's shared kernel, so the check runs on the simulated kernel the lab boots
+  (the release in the lab's kernel log) and says so.
+* **Operator files**: a setting that keeps the TEE off (``iommu=pt`` on SNP ...) in a GRUB
+  defaults file or a modprobe.d file ccfactory does not own is a problem naming the file
+  and line; so is a GRUB file sorted after the drop-in that resets
+  ``GRUB_CMDLINE_LINUX_DEFAULT``. ccfactory never edits files it does not own.
+* **Reboot** only when the running kernel differs from the configured boot state (a
+  token missing from ``/proc/cmdline``, a harmful one still on it, a module parameter
+  not as configured, a host GPU driver loaded) *and* this run changes the boot
+  configuration or a reboot recorded in this very boot has not happened (the marker holds
+  the boot id it was written in). After the reboot the running state matches, so a re-run
+  reboots nothing; if it does not match, the same configuration already was booted and a
+  second reboot would not help: the verify step fails with the reason instead.
+  No reboot either when the BIOS has the TEE off (a reboot cannot fix that): the files
+  are written, and the firmware stage's reboot applies them.
+
+Example::
+
+    plan = plan_host(cfg, info, tee_status, boot_files, distro_for(info.os_id, info.os_version))
+    plan.problems, [f.path for f in plan.files if f.changes], plan.needs_reboot
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from ccfactory.config import NodeConfig
+from ccfactory.distros import Distro, supported_list
+from ccfactory.facts.node import NodeOsInfo
+from ccfactory.kernels import check_host_kernel
+from ccfactory.operations.host import firmware_failures
+from ccfactory.parsers.kernel import parse_modprobe_d, parse_param_bool
+from ccfactory.parsers.tee import TeeStatus
+from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootFiles
+from ccfactory.roles.host.grub import (
+    DEFAULT_GRUB,
+    LINUX_DEFAULT,
+    dropped_by,
+    grub_files_in_order,
+    replay,
+)
+from ccfactory.roles.host.spec import TeeSpec, norm, tee_spec
+
+DROPIN = "/etc/default/grub.d/60-ccfactory.cfg"
+TEE_CONF = "/etc/modprobe.d/ccfactory-tee.conf"
+GPU_CONF = "/etc/modprobe.d/ccfactory-no-host-gpu-driver.conf"
+OWNED = (DROPIN, TEE_CONF, GPU_CONF)
+SOURCE = "host stage"  # shown in the managed-file header
+_DISABLING_INSTALL = ("/bin/false", "/bin/true", "/usr/bin/false", "/usr/bin/true", "false", "true")
+
+
+# ------------------------------------------------------------------ rendering
+
+
+@cache
+def _templates() -> Environment:
+    root = str(resources.files("ccfactory.templates"))
+    return Environment(
+        loader=FileSystemLoader(root),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_dropin(spec: TeeSpec) -> str | None:
+    """``/etc/default/grub.d/60-ccfactory.cfg``, or None when the TEE adds no token."""
+    if not spec.cmdline:
+        return None
+    tpl = _templates().get_template("host/60-ccfactory.cfg.j2")
+    return tpl.render(tee_name=spec.name, cmdline=spec.cmdline, forbidden=spec.forbidden, ccfactory_source=SOURCE)
+
+
+def render_tee_conf(spec: TeeSpec) -> str | None:
+    if not spec.options:
+        return None
+    tpl = _templates().get_template("host/ccfactory-tee.conf.j2")
+    return tpl.render(tee_name=spec.name, options=spec.options, ccfactory_source=SOURCE)
+
+
+def render_gpu_conf(spec: TeeSpec) -> str | None:
+    """The no-host-GPU-driver file, or None for hosts without GPUs."""
+    if not spec.gpu_modules:
+        return None
+    tpl = _templates().get_template("host/ccfactory-no-host-gpu-driver.conf.j2")
+    return tpl.render(modules=spec.gpu_modules, ccfactory_source=SOURCE)
+
+
+def same_text(current: str | None, wanted: str | None) -> bool:
+    """Equal up to trailing whitespace (what a fact's output keeps of a file)."""
+    if current is None or wanted is None:
+        return current is None and wanted is None
+
+    def lines(text: str) -> list[str]:
+        out = [line.rstrip() for line in text.split("\n")]
+        while out and not out[-1]:
+            out.pop()
+        return out
+
+    return lines(current) == lines(wanted)
+
+
+# ------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class OwnedFile:
+    path: str
+    wanted: str | None  # None: ccfactory wants it absent
+    current: str | None
+
+    @property
+    def changes(self) -> bool:
+        return not same_text(self.current, self.wanted)
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    spec: TeeSpec | None = None
+    problems: tuple[str, ...] = ()  # stop before any change; each says what to do
+    notes: tuple[str, ...] = ()  # shown as warnings
+    files: tuple[OwnedFile, ...] = ()
+    update_bootloader: str | None = None  # command to run after the files, None: not needed
+    update_initramfs: str | None = None
+    running_diffs: tuple[str, ...] = ()  # how the running kernel differs from the configured boot state
+    firmware: tuple[str, ...] = ()  # failed TEE checks only the BIOS can fix
+    pending: bool = False  # a reboot recorded in this boot has not happened
+    stale_marker: bool = False  # a marker from an earlier boot: the reboot happened
+    needs_reboot: bool = False
+    reboot_reason: str = ""
+    not_in_effect: str = ""  # why the configuration will not be running after this run
+
+    def file(self, path: str) -> OwnedFile:
+        return next(f for f in self.files if f.path == path)
+
+    @property
+    def changes(self) -> bool:
+        return any(f.changes for f in self.files)
+
+    def marker_text(self, boot_id: str) -> str:
+        return f"{boot_id}\n{self.reboot_reason}\n"
+
+
+def kernel_findings(cfg: NodeConfig, info: NodeOsInfo, files: HostBootFiles) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the kernel check (``kernels.toml``)."""
+    problems: list[str] = []
+    notes: list[str] = []
+    release = info.kernel
+    if cfg.lab:
+        if files.lab_kernel:
+            release = files.lab_kernel
+            notes.append(
+                f"lab: kernel checked is the simulated {release} the lab boots (hardware profile); "
+                f"uname -r says {info.kernel or 'nothing'}, the lab machine's shared kernel, which a node does not choose"
+            )
+        else:
+            notes.append(
+                f"lab: no simulated kernel in the lab's kernel log; checked uname -r {info.kernel or '(empty)'}, "
+                "the lab machine's shared kernel"
+            )
+    for result in check_host_kernel(cfg.tee, release, info.os_id, info.os_version):
+        if result.ok is None or result.failed:
+            problems.append(str(result) + ("" if result.hint else "; fix: check what `uname -r` prints on the node"))
+        elif result.warned:
+            notes.append(str(result))
+    return problems, notes
+
+
+def _grub_findings(spec: TeeSpec, files: HostBootFiles, dropin: str | None) -> list[str]:
+    problems: list[str] = []
+    operator = [(p, t) for p, t in files.grub if p != DROPIN]
+    if not any(p == DEFAULT_GRUB for p, _ in operator):
+        problems.append(
+            f"{DEFAULT_GRUB} is missing: ccfactory sets the kernel command line through GRUB's defaults "
+            "(update-grub); install grub (grub-pc or grub-efi) or boot the node with GRUB"
+        )
+    env = replay(grub_files_in_order(operator))
+    for token in env.tokens():
+        rule = spec.forbidden_on(token.token)
+        if rule:
+            problems.append(
+                f"{token.token} in {token.origin.where} ({token.origin.text}): {rule.why}. ccfactory does not edit "
+                f"files it does not own: remove {token.token} there, then re-run"
+            )
+    if dropin is not None:
+        env = replay(grub_files_in_order([*operator, (DROPIN, dropin)]))
+        reset = dropped_by(env, DROPIN)
+        if reset is not None:
+            problems.append(
+                f"{reset.origin.where} ({reset.origin.text}) sets {LINUX_DEFAULT} after {DROPIN} and so discards "
+                f"{' '.join(spec.cmdline_tokens)}: make it append (\"${LINUX_DEFAULT} ...\") or rename it to sort "
+                f"before {DROPIN.rsplit('/', 1)[1]}"
+            )
+    return problems
+
+
+def _modprobe_findings(spec: TeeSpec, files: HostBootFiles) -> list[str]:
+    """Operator modprobe.d settings that turn the TEE (or a module it needs) off."""
+    problems: list[str] = []
+    operator = [(p, t) for p, t in files.modprobe if p not in OWNED]
+    effective = parse_modprobe_d(operator).files  # same-name overrides between directories applied
+    texts = dict(operator)
+    for path in effective:
+        one = parse_modprobe_d([(path, texts[path])])
+        for rule in spec.forbidden:
+            mp = rule.module_param
+            if mp is None:
+                continue
+            for opt in one.options:
+                if opt.module == mp[0] and norm(opt.key) == mp[1] and rule.matches(rule.key, opt.value):
+                    problems.append(
+                        f"options {opt.module} {opt.key}={opt.value} in {path}: {rule.why}. ccfactory does not edit "
+                        f"files it does not own: remove it there, then re-run"
+                    )
+        for module in spec.required_modules:
+            install = (one.install_command(module) or "").split()
+            if one.is_blacklisted(module) or (install and install[0] in _DISABLING_INSTALL):
+                how = "blacklists" if one.is_blacklisted(module) else f"disables (install {module} {' '.join(install)})"
+                problems.append(f"{path} {how} {module}, which {spec.name} needs: remove that line, then re-run")
+    return problems
+
+
+def _running_diffs(spec: TeeSpec, status: TeeStatus) -> list[str]:
+    """How the running kernel differs from the configured boot state."""
+    diffs = []
+    missing = [t for t in spec.cmdline_tokens if not status.cmdline.has_token(t)]
+    if missing:
+        diffs.append(f"kernel command line lacks {' '.join(missing)}")
+    for key, value in status.cmdline.params:
+        if spec.forbidden_on(f"{key}={value}" if value is not None else key):
+            diffs.append(f"kernel command line has {key}={value}")
+    for opt in spec.options:
+        want = parse_param_bool(opt.value)
+        now = status.inputs.param(opt.module, opt.param)
+        if now != want:
+            shown = {True: "Y", False: "N", None: "missing"}[now]
+            diffs.append(f"{opt.module}.{opt.param} is {shown} (configured {opt.value})")
+    loaded = sorted(set(spec.gpu_modules) & set(status.inputs.modules))
+    if loaded:
+        diffs.append(f"host GPU driver loaded: {', '.join(loaded)}")
+    return diffs
+
+
+def plan_host(
+    cfg: NodeConfig,
+    info: NodeOsInfo,
+    status: TeeStatus,
+    files: HostBootFiles,
+    distro: Distro | None,
+) -> HostPlan:
+    """Everything the host stage decides for one TEE host (``cfg.tee`` is ``snp`` or ``tdx``)."""
+    if distro is None:
+        return HostPlan(
+            problems=(
+                f"{info.os_id or 'unknown OS'} {info.os_version} is not a supported distribution (supported: "
+                f"{supported_list()}); the host stage needs its bootloader and initramfs commands "
+                "(ccfactory/data/distros.toml): reinstall the node with a supported release",
+            )
+        )
+    try:
+        spec = tee_spec(cfg.tee, gpus=cfg.has_gpus)
+    except KeyError:
+        return HostPlan(problems=(f"the host stage has no configuration for tee {cfg.tee!r} (roles/host/boot.toml)",))
+
+    problems, notes = kernel_findings(cfg, info, files)
+    if info.cpu_vendor and info.cpu_vendor != spec.cpu_vendor:
+        problems.append(
+            f"tee is {cfg.tee} ({spec.name}) but the CPU is {info.cpu_vendor}, not {spec.cpu_vendor}: "
+            "fix tee (or the snp/tdx group) in the inventory"
+        )
+    owned = (
+        OwnedFile(DROPIN, render_dropin(spec), files.grub_file(DROPIN)),
+        OwnedFile(TEE_CONF, render_tee_conf(spec), files.modprobe_file(TEE_CONF)),
+        OwnedFile(GPU_CONF, render_gpu_conf(spec), files.modprobe_file(GPU_CONF)),
+    )
+    problems += _grub_findings(spec, files, owned[0].wanted)
+    problems += _modprobe_findings(spec, files)
+
+    if not files.has_tool(distro.update_bootloader):
+        problems.append(
+            f"{distro.update_bootloader.split()[0]} is missing on this {distro.id} host (distros.toml: "
+            f"update_bootloader = {distro.update_bootloader!r}): install GRUB (grub-pc or grub-efi-amd64)"
+        )
+    initramfs_tool = files.has_tool(distro.update_initramfs)
+    if not initramfs_tool and files.initramfs_images:
+        problems.append(
+            f"{distro.update_initramfs.split()[0]} is missing but the host boots with an initramfs "
+            f"({files.initramfs_images[0]}), which must get the module settings (distros.toml: update_initramfs = "
+            f"{distro.update_initramfs!r} for {distro.id}): install initramfs-tools, or, on a dracut-only host, "
+            "give this release its own command in distros.toml (e.g. dracut --regenerate-all --force)"
+        )
+    elif not initramfs_tool:
+        notes.append(
+            f"no initramfs on this host (no image in /boot, no {distro.update_initramfs.split()[0]}): modprobe.d is "
+            "read from the root filesystem, nothing to regenerate"
+        )
+
+    if problems:
+        return HostPlan(spec, tuple(problems), tuple(notes), owned)
+
+    diffs = _running_diffs(spec, status)
+    firmware = firmware_failures(status, cfg.tee, spec.firmware_checks)
+    pending = bool(files.marker) and bool(info.boot_id) and files.marker[0].strip() == info.boot_id
+    stale = files.marker is not None and not pending
+    grub_changes = owned[0].changes
+    modprobe_changes = owned[1].changes or owned[2].changes
+    changes = grub_changes or modprobe_changes
+    needs_reboot = bool(diffs) and (changes or pending) and not firmware
+    not_in_effect = ""
+    if diffs and (changes or pending) and firmware:
+        not_in_effect = (
+            f"no reboot now: {spec.short} is off in BIOS, which a reboot cannot fix; the firmware stage's reboot "
+            "applies this configuration too"
+        )
+    reason = ""
+    if needs_reboot:
+        why = "host boot configuration changed" if changes else "host boot configuration written before an unfinished reboot"
+        reason = f"{why}: {'; '.join(diffs)}"
+    return HostPlan(
+        spec=spec,
+        notes=tuple(notes),
+        files=owned,
+        update_bootloader=distro.update_bootloader if (grub_changes or pending) else None,
+        update_initramfs=distro.update_initramfs if (modprobe_changes or pending) and initramfs_tool else None,
+        running_diffs=tuple(diffs),
+        firmware=tuple(str(c) for c in firmware),
+        pending=pending,
+        stale_marker=stale,
+        needs_reboot=needs_reboot,
+        reboot_reason=reason,
+        not_in_effect=not_in_effect,
+    )
+
+
+__all__ = ["DROPIN", "GPU_CONF", "REBOOT_MARKER", "TEE_CONF", "HostPlan", "OwnedFile", "plan_host"]

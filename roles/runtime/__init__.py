@@ -1,0 +1,316 @@
+"""Role ``runtime``: containerd with one Kata handler per shim the node needs, Kata from the BOM
+with ccfactory's per-shim drop-ins, CoCo guest-component settings (initdata), and the
+Kubernetes objects for the handlers.
+
+For workers with a TEE (others: nothing to do), from the config and one read of the facts
+(``ContainerdRuntimes``, ``KataInstall``, ``NvidiaGpus``):
+
+1. **Shims**: ``qemu-snp`` or ``qemu-tdx``, plus ``qemu-nvidia-gpu-snp``/``-tdx`` with GPUs
+   (``spec.py``). A requested GPU shim on a node without GPUs fails the host.
+2. **Artifacts**: kata-static (and, when needed, containerd) from the BOM, fetched once on the
+   controller, sha256-checked, cached, pushed; a checksum mismatch installs nothing.
+3. **containerd**: the installed one if it meets the pinned Kata's minimum
+   (``kata.toml``, or the tarball's own metadata), else the distribution's, else the BOM's
+   static release; then enabled and running.
+4. **Kata**: ``/opt/kata`` from the tarball (``operations/kata.py``: refuses to replace a Kata
+   with running sandboxes unless ``drain``); ``/usr/local/bin/containerd-shim-kata-<shim>-v2``
+   links (containerd 1.6 ignores ``runtime_path``); per-shim copies with
+   ``config.d/50-ccfactory.toml`` drop-ins.
+5. **containerd handlers** through ``operations/containerd.py`` (validate with the node's
+   containerd, keep the previous file, restart, health-check, roll back).
+6. **Initdata** for the site's KBS (``ccfactory.coco.initdata``) in ``/etc/ccfactory/coco/``
+   and in the controller-side report.
+7. **Kubernetes**: RuntimeClass per handler and the node's labels, rendered on the
+   controller; applied with kubectl only when a kubeconfig is given.
+
+Options not yet in ``HostData`` are keyword arguments of ``apply`` (see docs/runtime.md for
+the planned keys). A converged node gets no change and no restart.
+
+Example (deploy file)::
+
+    from ccfactory.roles import runtime
+    runtime.apply()
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FunctionCommand, deploy, operation
+from pyinfra.facts.server import Which
+from pyinfra.operations import apt, files, systemd
+
+from ccfactory.bom import BomError, bom_for
+from ccfactory.bom.fetch import ArtifactFetchError, fetch_artifact
+from ccfactory.coco.initdata import CocoSettings, InitdataError, credentials_from, render_initdata
+from ccfactory.config import node_config
+from ccfactory.facts.containerd import ContainerdRuntimes
+from ccfactory.facts.gpu import NvidiaGpus
+from ccfactory.facts.kata import KataInstall
+from ccfactory.operations import checks
+from ccfactory.operations import containerd as containerd_ops
+from ccfactory.operations import kata as kata_ops
+from ccfactory.coco import k8s, spec
+from ccfactory.coco.containerd_config import Handler
+
+SUDO = {"_sudo": True}
+ARTIFACT_DIR = "/opt/ccfactory/artifacts"
+COCO_DIR = "/etc/ccfactory/coco"
+DEFAULT_OUTPUT = "~/.local/share/ccfactory/runtime"
+STANDIN_METADATA = ("opt/kata/share/kata-containers/ccfactory-lab-standin.toml",)
+
+logger = logging.getLogger("pyinfra")
+
+
+def _fetch(cfg, name: str):
+    """(artifact, local path, problem)"""
+    try:
+        artifact = bom_for(cfg.lab, cfg.lab_dir).artifact(name)
+    except (KeyError, BomError) as exc:
+        return None, None, exc.args[0] if exc.args else str(exc)
+    try:
+        path = fetch_artifact(artifact, cfg.artifacts, progress=lambda m: host.log(m, log_func=logger.info))
+    except ArtifactFetchError as exc:
+        return artifact, None, str(exc)
+    return artifact, str(path), ""
+
+
+def tarball_requires(path: str | None) -> dict | None:
+    """``[requires]`` of a kata-static tarball's own metadata (the lab stand-in has one), or None.
+    Only .tar.gz/.tar.xz are read here (Python cannot read zstd before 3.14)."""
+    if not path or not path.endswith((".tar.gz", ".tgz", ".tar.xz", ".txz")):
+        return None
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.lstrip("./") in STANDIN_METADATA:
+                    handle = tar.extractfile(member)
+                    return tomllib.loads(handle.read().decode()).get("requires", {}) if handle else None
+    except (OSError, tarfile.TarError, tomllib.TOMLDecodeError):
+        return None
+    return None
+
+
+def _decompressor(filename: str) -> tuple[str, str] | None:
+    if filename.endswith(".zst"):
+        return "zstd", "zstd"
+    if filename.endswith((".xz", ".txz")):
+        return "xz", "xz-utils"
+    return None
+
+
+@operation()
+def _kubectl_applied(kubeconfig: str, paths: list[str]):
+    """The manifests applied with ``kubectl apply --server-side`` unless ``kubectl diff`` is clean."""
+    differs, message = k8s.pending(kubeconfig, [Path(p) for p in paths])
+    if not differs:
+        host.noop("RuntimeClasses and node labels already applied")
+        return
+
+    def _apply(state, host):  # noqa: ARG001
+        args = ["apply", "--server-side", "--field-manager=ccfactory"]
+        for p in paths:
+            args += ["-f", p]
+        r = k8s.kubectl(kubeconfig, *args)
+        if r.returncode != 0:
+            host.log_styled(f"ccfactory: kubectl apply failed: {(r.stderr or r.stdout).strip()[-800:]}", fg="red",
+                            log_func=logger.error)
+            return False
+        return True
+
+    yield FunctionCommand(_apply, (), {})
+
+
+@deploy("Runtime")
+def apply(
+    *,
+    shims: Sequence[str] | None = None,
+    guest_pull: bool = False,
+    drain: bool = False,
+    kubeconfig: str | None = None,
+    output_dir: str = DEFAULT_OUTPUT,
+    template_dirs: Sequence[str] = (),
+    kata_defaults: spec.KataDefaults | None = None,
+    coco_resources: Sequence[str] = (),
+    health_timeout: float = containerd_ops.HEALTH_TIMEOUT,
+) -> None:
+    cfg = node_config(host)
+    if not cfg.is_worker or cfg.tee not in ("snp", "tdx"):
+        host.noop("no Kata runtime for this host (not a worker with a TEE)")
+        return
+    # inventory settings (cfg.runtime), unless an OEM's code passes its own arguments
+    rt = cfg.runtime
+    shims = shims if shims is not None else rt.shims
+    guest_pull = guest_pull or rt.guest_pull
+    drain = drain or rt.drain
+    kubeconfig = kubeconfig or rt.kubeconfig
+    output_dir = output_dir if output_dir != DEFAULT_OUTPUT else rt.output_dir
+    template_dirs = tuple(template_dirs) or rt.template_overlay_dirs
+    kata_defaults = kata_defaults or spec.KataDefaults(
+        memory=rt.kata_memory, vcpus=rt.kata_vcpus, gpu_memory=rt.kata_gpu_memory, gpu_vcpus=rt.kata_gpu_vcpus,
+        timeout=rt.kata_timeout, gpu_timeout=rt.kata_gpu_timeout, snp_guest_policy=rt.snp_guest_policy,
+        tdx_qgs_port=rt.tdx_qgs_port,
+    )
+    coco_resources = tuple(coco_resources) or rt.coco_resource_uris
+    if health_timeout == containerd_ops.HEALTH_TIMEOUT:
+        health_timeout = rt.health_timeout
+    overlays = tuple(str(Path(d).expanduser()) for d in template_dirs)
+    defaults = kata_defaults or spec.KataDefaults()
+
+    # --- what this node needs
+    gpus_found = len(getattr(host.get_fact(NvidiaGpus), "gpus", ()) or ()) if cfg.has_gpus or shims else 0
+    selected, problems = spec.select_shims(cfg.tee, cfg.gpu.count, gpus_found, tuple(shims) if shims is not None else None)
+    if guest_pull:
+        try:
+            bom_for(cfg.lab, cfg.lab_dir).artifact("nydus-snapshotter")
+        except (KeyError, BomError) as exc:
+            problems.append(f"guest pull needs the nydus snapshotter: {exc.args[0] if exc.args else exc}")
+    kata_artifact, kata_local, problem = (None, None, "") if problems else _fetch(cfg, "kata-static")
+    if problem:
+        problems.append(f"kata-static: {problem}")
+    containerd = host.get_fact(ContainerdRuntimes, **SUDO)
+    kata = host.get_fact(KataInstall, **SUDO)
+
+    choice = None
+    if not problems and kata_artifact is not None:
+        need = spec.kata_requirement(kata_artifact.version, tarball_requires(kata_local))
+        label = f"kata-static {kata_artifact.version}"
+        bom_ctr, bom_local, bom_problem = None, None, ""
+        if not (containerd.installed and spec.at_least(containerd.version, need.min_containerd)):
+            if not (containerd.candidate and spec.at_least(containerd.candidate, need.min_containerd)):
+                bom_ctr, bom_local, bom_problem = _fetch(cfg, "containerd")
+                bom_problem = f"the BOM's containerd could not be fetched: {bom_problem}" if bom_problem else ""
+        choice = spec.choose_containerd(
+            containerd.version if containerd.installed else None,
+            containerd.candidate or None,
+            bom_ctr.version if bom_ctr else None,
+            bom_problem,
+            need.min_containerd,
+            f"{label} (minimum from {need.source})",
+        )
+        problems += list(choice.problems)
+    checks.requirement(
+        name="Runtime stage inputs",
+        satisfied=not problems,
+        problem="runtime stage: nothing was changed:\n  - " + "\n  - ".join(problems),
+    )
+    if problems or choice is None or kata_artifact is None:
+        return
+    host.log(f"containerd: {choice.reason}; {'drop-in' if choice.drop_in else 'main config'} mode, config version {choice.config_version}",
+             log_func=logger.info)
+
+    # --- containerd installed, enabled, running
+    packages = []
+    dec = _decompressor(kata_artifact.filename)
+    install_kata = not (kata.present and kata.installed_sha256 == kata_artifact.sha256)
+    if install_kata and dec and not host.get_fact(Which, command=dec[0]):
+        packages.append(dec[1])
+    if choice.action == "distro":
+        packages.append("containerd")
+    if choice.action == "bom" and not host.get_fact(Which, command="runc"):
+        packages.append("runc")
+    if packages:
+        apt.packages(name="Runtime packages", packages=packages, update=True, **SUDO)
+    if choice.action == "bom":
+        bom_ctr = bom_for(cfg.lab, cfg.lab_dir).artifact("containerd")
+        archive = f"{ARTIFACT_DIR}/{bom_ctr.filename}"
+        files.put(name="Push the containerd release", src=bom_local, dest=archive, mode="0644", **SUDO)
+        containerd_ops.release_installed(name=f"containerd {bom_ctr.version} in /usr/local", archive=archive,
+                                         sha256=bom_ctr.sha256, version=bom_ctr.version, **SUDO)
+        files.template(name="containerd systemd unit", src=str(_template("runtime/containerd.service.j2")),
+                       dest="/etc/systemd/system/containerd.service", mode="0644", ccfactory_source="runtime stage", **SUDO)
+    systemd.service(name="containerd enabled and running", service="containerd", running=True, enabled=True,
+                    daemon_reload=choice.action == "bom", **SUDO)
+
+    # --- Kata
+    if install_kata:
+        archive = f"{ARTIFACT_DIR}/{kata_artifact.filename}"
+        files.put(name="Push kata-static", src=kata_local, dest=archive, mode="0644", **SUDO)
+        kata_ops.installed(name=f"kata-static {kata_artifact.version} in /opt/kata", archive=archive,
+                           sha256=kata_artifact.sha256, version=kata_artifact.version, drain=drain, **SUDO)
+        files.file(name="Remove the pushed kata-static tarball", path=archive, present=False, **SUDO)
+    for shim in selected:
+        files.link(name=f"Shim link for {spec.handler_name(shim)}", path=spec.shim_link(shim), target=spec.SHIM_BINARY, **SUDO)
+    for link in containerd.shim_links:
+        if link not in {spec.shim_link(s).rsplit("/", 1)[1] for s in selected}:
+            files.link(name=f"Remove shim link {link}", path=f"{spec.SHIM_LINK_DIR}/{link}", present=False, **SUDO)
+
+    initdata = _initdata(cfg, overlays, coco_resources)
+    extra = tuple(initdata.kernel_params.split()) if initdata else ()
+    settings = [spec.shim_settings(s, defaults, extra) for s in selected]
+    kata_ops.shims_configured(name="Kata per-shim drop-ins", shims=settings, overlays=overlays,
+                              pending_install=install_kata, **SUDO)
+
+    # --- containerd handlers (validated, restarted, health-checked, rolled back)
+    snapshotter = spec.NYDUS_SNAPSHOTTER if guest_pull else ""
+    handlers = [Handler.for_shim(s, snapshotter) for s in selected]
+    containerd_ops.runtimes_configured(
+        name=f"containerd handlers {', '.join(h.name for h in handlers)}",
+        handlers=handlers,
+        drop_in=choice.drop_in,
+        config_version=choice.config_version,
+        guest_pull=guest_pull,
+        overlays=overlays,
+        health_timeout=health_timeout,
+        **SUDO,
+    )
+
+    # --- CoCo settings on the node and in the report
+    if initdata:
+        for name, text in (
+            ("initdata.toml", initdata.document),
+            ("initdata.annotation", initdata.annotation + "\n"),
+            ("initdata.json", initdata.summary_json()),
+            ("kernel-params", initdata.kernel_params + "\n"),
+        ):
+            files.put(name=f"CoCo {name}", src=io.StringIO(text), dest=f"{COCO_DIR}/{name}", mode="0644", **SUDO)
+    else:
+        host.log("no kbs_url: CoCo initdata not rendered (guests would not know their KBS)", log_func=logger.warning)
+
+    out = Path(output_dir).expanduser()
+    manifests = k8s.write_manifests(out / "k8s", host.name, selected)
+    report = {
+        "host": host.name,
+        "tee": cfg.tee,
+        "handlers": [h.name for h in handlers],
+        "kata": {"version": kata_artifact.version, "sha256": kata_artifact.sha256},
+        "containerd": {"action": choice.action, "version": choice.version, "config_version": choice.config_version,
+                       "mode": "drop-in" if choice.drop_in else "main config"},
+        "initdata": initdata.summary() if initdata else None,
+        "initdata_document": initdata.document if initdata else None,
+        "node_files": {"initdata": f"{COCO_DIR}/initdata.toml", "summary": f"{COCO_DIR}/initdata.json"},
+        "manifests": [str(p) for p in manifests],
+    }
+    k8s.write_if_changed(out / "reports" / f"{host.name}.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    if kubeconfig:
+        _kubectl_applied(name="RuntimeClasses and node labels", kubeconfig=str(Path(kubeconfig).expanduser()),
+                         paths=[str(p) for p in manifests])
+
+
+def _template(name: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("ccfactory.templates").joinpath(name)))
+
+
+def _initdata(cfg, overlays, resources):
+    if not cfg.kbs.url:
+        return None
+    cert = ""
+    if cfg.kbs.ca_cert:
+        cert = Path(cfg.kbs.ca_cert).expanduser().read_text()
+    try:
+        return render_initdata(
+            CocoSettings(kbs_url=cfg.kbs.url, kbs_cert=cert, credentials=credentials_from(resources), overlays=overlays),
+            tee=cfg.tee,
+        )
+    except InitdataError as exc:
+        checks.requirement(name="CoCo initdata", satisfied=False, problem=f"initdata: {exc}")
+        return None

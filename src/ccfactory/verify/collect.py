@@ -1,0 +1,77 @@
+"""Collect check results from a pyinfra run into the readiness report on the controller.
+
+Each host writes its own row as soon as its checks ran; hosts that never got that far
+(SSH failed, or an earlier stage failed them) are in the report from the first write
+on, as unreachable, so a report always covers the whole inventory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyinfra.api import StringCommand
+
+from ccfactory.verify.checks import CheckContext, CommandOutput, run_checks
+from ccfactory.verify.report import FleetReport, NodeReport, render_markdown
+
+DEFAULT_REPORT_DIR = "reports"
+_ROLE_GROUPS = {"workers", "kbs", "snp", "tdx", "gpu", "all"}
+
+
+def site_name(inventory) -> str:
+    """The inventory file's own group (pyinfra puts every host of <site>.py in <site>)."""
+    hosts = list(inventory)
+    common = set.intersection(*(set(h.groups) for h in hosts)) - _ROLE_GROUPS if hosts else set()
+    return sorted(common)[0] if common else "site"
+
+
+def report_dir() -> Path:
+    return Path(os.environ.get("CCFACTORY_REPORT_DIR", DEFAULT_REPORT_DIR))
+
+
+def pyinfra_runner(host, sudo: bool):
+    """A check runner on a pyinfra host: read-only commands over the existing connection."""
+
+    def run(command: str) -> CommandOutput:
+        ok, output = host.run_shell_command(StringCommand(command), _sudo=sudo)
+        return CommandOutput(0 if ok else 1, output.stdout, "\n".join(output.stderr_lines))
+
+    return run
+
+
+def _write(report: FleetReport, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = directory / "readiness.json"
+    for path, text in ((json_path, report.model_dump_json(indent=2)), (directory / "readiness.md", render_markdown(report))):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text + ("\n" if not text.endswith("\n") else ""))
+        tmp.replace(path)
+    return json_path
+
+
+def record_node(state, host, cfg, stages: tuple[str, ...] | None = None) -> bool:
+    """FunctionCommand body: run the checks on ``host`` and update the report file."""
+    from ccfactory.bom import bom_for
+
+    directory = report_dir()
+    path = directory / "readiness.json"
+    # one report object per run, shared by the hosts' greenlets; created before any
+    # check yields to another greenlet, so no host's row can be lost
+    report = getattr(state, "_ccfactory_report", None)
+    if report is None:
+        bom = bom_for(cfg.lab, cfg.lab_dir)
+        report = FleetReport.new(site_name(state.inventory), {a.name: a.version for a in bom.artifacts})
+        for other in state.inventory:
+            report.add(NodeReport(node=other.name, reachable=False,
+                                  error="not reached: SSH failed or an earlier stage failed this host (see pyinfra output)"))
+        state._ccfactory_report = report
+    ctx = CheckContext(cfg=cfg, run=pyinfra_runner(host, sudo=bool(host.data.get("_sudo"))))
+    results = run_checks(ctx, stages)
+    report.add(NodeReport(node=host.name, reachable=True, checks=results))
+    _write(report, directory)
+    failed = [r for r in results if r.status in ("fail", "error")]
+    for r in failed:
+        host.log_styled(f"{r.check}: {r.status}: {r.detail}" + (f"; fix: {r.hint}" if r.hint else ""), fg="red")
+    host.log_styled(f"readiness: {len(results) - len(failed)} of {len(results)} checks pass or n/a; report {path}")
+    return True  # a failing check is reported, not a deploy error

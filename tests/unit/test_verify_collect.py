@@ -1,0 +1,47 @@
+"""The verify stage's report collection: whole inventory covered, no row lost, file written."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from ccfactory.config import load_node_config
+from ccfactory.verify import collect
+from ccfactory.verify.report import CheckResult
+
+
+class FakeHost:
+    def __init__(self, name, groups):
+        self.name, self.groups = name, groups
+        self.data = SimpleNamespace(get=lambda key, default=None: None)
+        self.logs = []
+
+    def log_styled(self, message, **kw):
+        self.logs.append(message)
+
+
+def test_rows_for_every_host_and_unreachable_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("CCFACTORY_REPORT_DIR", str(tmp_path))
+    hosts = [FakeHost(n, ["prod", g]) for n, g in (("w1", "workers"), ("w2", "workers"), ("k1", "kbs"))]
+    state = SimpleNamespace(inventory=hosts)
+    cfg = load_node_config("w1", ("workers", "snp"), {}, check_files=False)
+    monkeypatch.setattr(collect, "run_checks", lambda ctx, stages=None: [
+        CheckResult(check="host.tee_active", stage="host", status="fail", detail="sev_snp=N", hint="enable SNP in BIOS")
+    ])
+    assert collect.record_node(state, hosts[0], cfg)
+    assert collect.record_node(state, hosts[2], cfg)
+    report = json.loads((tmp_path / "readiness.json").read_text())
+    assert report["site"] == "prod"
+    rows = {n["node"]: n for n in report["nodes"]}
+    assert set(rows) == {"w1", "w2", "k1"}
+    assert rows["w1"]["reachable"] and rows["k1"]["reachable"] and not rows["w2"]["reachable"]
+    assert "not reached" in rows["w2"]["error"]
+    page = (tmp_path / "readiness.md").read_text()
+    assert "**w1** `host.tee_active` fail: sev_snp=N. Fix: enable SNP in BIOS" in page
+    assert any("host.tee_active: fail: sev_snp=N; fix: enable SNP in BIOS" in line for line in hosts[0].logs)
+
+
+def test_site_name_is_the_inventory_group():
+    hosts = [FakeHost("a", ["lab", "workers", "snp"]), FakeHost("b", ["lab", "kbs"])]
+    assert collect.site_name(hosts) == "lab"
+    assert collect.site_name([FakeHost("a", ["workers"]), FakeHost("b", ["kbs"])]) == "site"
