@@ -57,14 +57,14 @@ LAB_PACKAGES = ["python3", "python3-cryptography"]  # what the lab's Trustee sta
 logger = logging.getLogger("pyinfra")
 
 
-def _fleet():
+def _fleet(inventory=None):
     """(kbs_url of every host, CPU TEEs of the workers, whether a worker has GPUs).
 
     The URLs (which the KBS certificate must cover) are the whole inventory's only when the
     site has one KBS host; with several, each KBS certificate covers its own kbs_url.
     """
     urls, tees, gpus, kbs_hosts = set(), set(), False, 0
-    for other in host.inventory:
+    for other in inventory if inventory is not None else host.inventory:
         try:
             cfg = node_config(other)
         except InventoryError:
@@ -77,6 +77,33 @@ def _fleet():
                 tees.add(cfg.tee)
             gpus = gpus or cfg.has_gpus
     return (sorted(urls) if kbs_hosts == 1 else []), tuple(sorted(tees)) or CPU_TEES, gpus
+
+
+def ensure_site_pki(inventory) -> None:
+    """Create (or reuse) every KBS host's keys on the controller, before any host deploys.
+
+    The runtime stage puts the site CA into each worker's initdata; when the CA did not
+    exist yet, that race between hosts' deploys would leave the first run incomplete.
+    Problems are left for ``apply()`` to report on its host.
+    """
+    urls, _, _ = _fleet(inventory)
+    for kbs_host in inventory:
+        try:
+            cfg = node_config(kbs_host)
+            if not cfg.is_kbs:
+                continue
+            data = kbs_host.data.dict()
+            settings = kbs_settings(cfg, data, fleet_urls=tuple(urls))
+            ensure_pki(
+                settings.pki_dir,
+                site=cfg.name,
+                names=server_names(cfg.name, data),
+                kbs_url=settings.url,
+                extra_urls=[u for u in urls if u != settings.url],
+                sources=settings.sources,
+            )
+        except (InventoryError, KbsError, OSError):
+            continue
 
 
 def _artifact(cfg):

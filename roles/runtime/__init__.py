@@ -305,7 +305,16 @@ def _initdata(cfg, overlays, resources):
         return None
     cert = ""
     if cfg.kbs.ca_cert:
-        cert = Path(cfg.kbs.ca_cert).expanduser().read_text()
+        ca = Path(cfg.kbs.ca_cert).expanduser()
+        if not ca.is_file():
+            checks.requirement(
+                name="KBS CA certificate",
+                satisfied=False,
+                problem=f"kbs_ca_cert {ca} does not exist on the controller; run the kbs stage first "
+                "(it creates the site CA) or point kbs_ca_cert at your CA",
+            )
+            return None
+        cert = ca.read_text()
     try:
         return render_initdata(
             CocoSettings(kbs_url=cfg.kbs.url, kbs_cert=cert, credentials=credentials_from(resources), overlays=overlays),

@@ -39,8 +39,27 @@ def run_stages(stages: list[str]) -> None:
         validate_inventory(inventory)
     except InventoryError as exc:
         raise PyinfraError(str(exc)) from None
+    _prepare_controller_once(stages)
     for stage in stages:
         importlib.import_module(STAGES[stage]).apply()
+
+
+def _prepare_controller_once(stages: list[str]) -> None:
+    """Controller-side work that every host's deploy depends on, done once per run.
+
+    Deploy files load on all hosts in parallel; doing this in the first one, before any
+    fact is read (no greenlet switch in between), means every host sees the result.
+    """
+    from pyinfra.context import ctx_state
+
+    current = ctx_state.get()
+    if getattr(current, "_ccfactory_prepared", False):
+        return
+    current._ccfactory_prepared = True
+    if "kbs" in stages and "runtime" in stages:
+        from ccfactory.roles.kbs import ensure_site_pki
+
+        ensure_site_pki(inventory)
 
 
 def site() -> None:

@@ -39,7 +39,8 @@ class Lab:
         self.status = status
         self.up_seconds = up_seconds
         self.inventory = inventory
-        self.nodes = {n["name"]: n for n in status["nodes"]}
+        # nodes of the current lab only (disks of nodes from a bigger earlier lab stay until reset)
+        self.nodes = {n["name"]: n for n in status["nodes"] if n["in_lab"]}
 
     def ssh(self, node: str, command: str, *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         r = subprocess.run(

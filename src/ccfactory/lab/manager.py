@@ -419,6 +419,8 @@ def up(
         ca = _lab_ca(lab)
         hosts = []
         plain_seen = False
+        kbs_spec = next((s for s in specs if load_profile(s.profile).tee == "none"), None)
+        kbs_pki = lab / "kbs" / "pki"  # made by the kbs stage on the controller (here: this machine)
         for s in specs:
             prof = load_profile(s.profile)
             groups = []
@@ -448,6 +450,14 @@ def up(
                 "bmc_ca_bundle": str(ca),
                 "bmc_verify_tls": True,
             }
+            if kbs_spec is not None:
+                data["kbs_url"] = f"https://{kbs_spec.address}:{LAB_KBS_PORT}"
+                data["kbs_ca_cert"] = str(kbs_pki / "ca.crt")
+                if "kbs" in groups:
+                    data["kbs_pki_dir"] = str(kbs_pki)
+                    data["kbs_resources"] = {LAB_MODEL_KEY: str(_ensure_lab_model_key(lab))}
+                elif "workers" in groups:
+                    data["coco_resource_uris"] = [f"kbs:///{LAB_MODEL_KEY}"]
             hosts.append((s.address, data, groups))
         if write_if_changed(inv_path, render_inventory(hosts, lab)):
             _step(f"inventory: wrote {inv_path}", t0)
@@ -486,6 +496,21 @@ def _remove_node(lab: Path, name: str) -> None:
     except (OSError, ValueError, KeyError):
         pass
     log.info("%s: removed from the running lab (its disk stays until `lab reset` or `lab down --wipe`)", name)
+
+
+LAB_KBS_PORT = 8443
+LAB_MODEL_KEY = "models/lab-model/key"  # a random "model decryption key" the KBS releases after attestation
+
+
+def _ensure_lab_model_key(lab: Path) -> Path:
+    """A random 32-byte key (0600) standing for a model decryption key; made once per lab."""
+    path = lab / "secrets" / "lab-model.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(32))
+    return path
 
 
 def _sweep_processes(lab: Path) -> list[int]:
