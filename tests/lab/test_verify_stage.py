@@ -61,7 +61,7 @@ def test_unreachable_node_is_reported_and_others_checked(lab, tmp_path):
         lab.wait_ssh(name)
     rows = {n["node"]: n for n in report["nodes"]}
     down = lab.nodes[name]["address"]
-    assert rows[down]["reachable"] is False and "not reached" in rows[down]["error"]
+    assert rows[down]["reachable"] is False and "not reachable over SSH" in rows[down]["error"]
     others = [r for a, r in rows.items() if a != down]
     assert others and all(r["reachable"] and r["checks"] for r in others)
 

@@ -12,8 +12,8 @@ from ccfactory.verify.report import CheckResult
 
 class FakeHost:
     def __init__(self, name, groups):
-        self.name, self.groups = name, groups
-        self.data = SimpleNamespace(get=lambda key, default=None: None)
+        self.name, self.groups, self.connected = name, groups, True
+        self.data = SimpleNamespace(get=lambda key, default=None: None, dict=lambda: {})
         self.logs = []
 
     def log_styled(self, message, **kw):
@@ -23,6 +23,7 @@ class FakeHost:
 def test_rows_for_every_host_and_unreachable_ones(tmp_path, monkeypatch):
     monkeypatch.setenv("CCFACTORY_REPORT_DIR", str(tmp_path))
     hosts = [FakeHost(n, ["prod", g]) for n, g in (("w1", "workers"), ("w2", "workers"), ("k1", "kbs"))]
+    hosts[1].connected = False  # SSH never came up
     state = SimpleNamespace(inventory=hosts)
     cfg = load_node_config("w1", ("workers", "snp"), {}, check_files=False)
     monkeypatch.setattr(collect, "run_checks", lambda ctx, stages=None: [
@@ -35,7 +36,7 @@ def test_rows_for_every_host_and_unreachable_ones(tmp_path, monkeypatch):
     rows = {n["node"]: n for n in report["nodes"]}
     assert set(rows) == {"w1", "w2", "k1"}
     assert rows["w1"]["reachable"] and rows["k1"]["reachable"] and not rows["w2"]["reachable"]
-    assert "not reached" in rows["w2"]["error"]
+    assert "not reachable over SSH" in rows["w2"]["error"]
     page = (tmp_path / "readiness.md").read_text()
     assert "**w1** `host.tee_active` fail: sev_snp=N. Fix: enable SNP in BIOS" in page
     assert any("host.tee_active: fail: sev_snp=N; fix: enable SNP in BIOS" in line for line in hosts[0].logs)

@@ -452,11 +452,11 @@ def up(
             }
             if kbs_spec is not None:
                 data["kbs_url"] = f"https://{kbs_spec.address}:{LAB_KBS_PORT}"
-                data["kbs_ca_cert"] = str(kbs_pki / "ca.crt")
-                if "kbs" in groups:
+                if "kbs" in groups:  # the kbs stage makes its own site CA there
                     data["kbs_pki_dir"] = str(kbs_pki)
                     data["kbs_resources"] = {LAB_MODEL_KEY: str(_ensure_lab_model_key(lab))}
-                elif "workers" in groups:
+                elif "workers" in groups:  # guests trust the site CA and fetch the lab model key
+                    data["kbs_ca_cert"] = str(kbs_pki / "ca.crt")
                     data["coco_resource_uris"] = [f"kbs:///{LAB_MODEL_KEY}"]
             hosts.append((s.address, data, groups))
         if write_if_changed(inv_path, render_inventory(hosts, lab)):

@@ -42,6 +42,7 @@ class CheckContext:
 
     cfg: NodeConfig
     run: Runner
+    data: dict = field(default_factory=dict)  # the host's raw inventory data (stage-specific keys)
     cache: dict = field(default_factory=dict)
 
     def once(self, key: str, compute: Callable[[], object]):

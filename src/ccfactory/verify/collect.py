@@ -63,10 +63,13 @@ def record_node(state, host, cfg, stages: tuple[str, ...] | None = None) -> bool
         bom = bom_for(cfg.lab, cfg.lab_dir)
         report = FleetReport.new(site_name(state.inventory), {a.name: a.version for a in bom.artifacts})
         for other in state.inventory:
-            report.add(NodeReport(node=other.name, reachable=False,
-                                  error="not reached: SSH failed or an earlier stage failed this host (see pyinfra output)"))
+            if other.connected:
+                why = "failed in an earlier stage (see the pyinfra output above), so not checked; fix it and re-run"
+            else:
+                why = "not reachable over SSH (see the connection error in the pyinfra output)"
+            report.add(NodeReport(node=other.name, reachable=bool(other.connected), error=why))
         state._ccfactory_report = report
-    ctx = CheckContext(cfg=cfg, run=pyinfra_runner(host, sudo=bool(host.data.get("_sudo"))))
+    ctx = CheckContext(cfg=cfg, run=pyinfra_runner(host, sudo=bool(host.data.get("_sudo"))), data=host.data.dict())
     results = run_checks(ctx, stages)
     report.add(NodeReport(node=host.name, reachable=True, checks=results))
     _write(report, directory)

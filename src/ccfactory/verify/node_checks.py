@@ -138,3 +138,105 @@ def gpu_cc_mode(ctx: CheckContext) -> Outcome:
     if wrong:
         return fail("; ".join(wrong), hint="run the gpu stage (sets the mode, resets, verifies)")
     return ok(f"all {len(gpus)} GPU(s) in mode {ctx.cfg.gpu.cc_mode}", simulated=_lab(ctx, LAB_GPU))
+
+
+# ------------------------------------------------------------------ runtime
+
+LAB_KATA = "Kata is the lab's kata-static stand-in (its shim runs containers with runc, no VM); containerd is real"
+
+
+def _runtime_node(cfg) -> bool:
+    return cfg.is_worker and cfg.tee in ("snp", "tdx")
+
+
+def _wanted_handlers(cfg) -> tuple[str, ...]:
+    from ccfactory.coco.spec import handler_name, select_shims
+
+    shims, _ = select_shims(cfg.tee, cfg.gpu.count, cfg.gpu.count, cfg.runtime.shims)
+    return tuple(sorted(handler_name(s) for s in shims))
+
+
+@check("runtime.containerd_handlers", stage="runtime", applies=_runtime_node)
+def containerd_handlers(ctx: CheckContext) -> Outcome:
+    """containerd runs and its effective config lists exactly ccfactory's Kata handlers."""
+    from ccfactory.facts.containerd import ContainerdRuntimes
+
+    state = ctx.fact(ContainerdRuntimes)
+    if not (state.installed and state.active):
+        return fail("containerd is not installed and running", hint="run the runtime stage")
+    if not state.dump_ok:
+        return fail(f"`containerd config dump` failed: {state.dump_error}", hint="run the runtime stage (it validates and rolls back)")
+    kata = sorted(h for h in state.handlers if h.startswith("kata"))
+    wanted = list(_wanted_handlers(ctx.cfg))
+    if kata != wanted:
+        return fail(f"Kata handlers {kata or 'none'}, wanted {wanted}", hint="run the runtime stage")
+    return ok(f"containerd {state.version}: {', '.join(kata)}", simulated=_lab(ctx, LAB_KATA))
+
+
+@check("runtime.kata_installed", stage="runtime", applies=_runtime_node)
+def kata_installed(ctx: CheckContext) -> Outcome:
+    """/opt/kata holds the BOM's kata-static, with ccfactory's drop-ins for every shim."""
+    from ccfactory.bom import bom_for
+    from ccfactory.facts.kata import KataInstall
+
+    kata = ctx.fact(KataInstall)
+    try:
+        pinned = bom_for(ctx.cfg.lab, ctx.cfg.lab_dir).artifact("kata-static").version
+    except KeyError as exc:
+        return fail(str(exc).strip("'\""), hint="pin kata-static in the BOM")
+    if not kata.present:
+        return fail("/opt/kata is missing", hint="run the runtime stage")
+    if kata.installed_version != pinned:
+        return fail(f"kata-static {kata.installed_version or kata.version or 'unknown'} installed, BOM pins {pinned}",
+                    hint="run the runtime stage (refuses under running sandboxes unless runtime_drain)")
+    missing = [h for h in _wanted_handlers(ctx.cfg) if not kata.dropins.get(h.removeprefix("kata-"))]
+    if missing:
+        return fail(f"no ccfactory drop-in for {', '.join(missing)}", hint="run the runtime stage")
+    return ok(f"kata-static {pinned} with drop-ins", simulated=_lab(ctx, LAB_KATA))
+
+
+@check("runtime.initdata", stage="runtime", applies=lambda cfg: _runtime_node(cfg) and bool(cfg.kbs.url))
+def initdata_in_place(ctx: CheckContext) -> Outcome:
+    """The CoCo initdata for this site's KBS is on the node, and its digest matches the document."""
+    import hashlib
+    import json as _json
+
+    out = ctx.run("cat /etc/ccfactory/coco/initdata.json 2>/dev/null && echo && cat /etc/ccfactory/coco/initdata.toml")
+    text = out.stdout
+    if not text.strip():
+        return fail("no /etc/ccfactory/coco/initdata.json", hint="run the runtime stage with kbs_url set")
+    summary_text, _, document = text.partition("\n")
+    try:
+        summary = _json.loads(summary_text)
+    except ValueError:
+        return fail("initdata.json is not JSON", hint="run the runtime stage")
+    if ctx.cfg.kbs.url not in document:
+        return fail(f"initdata does not point at {ctx.cfg.kbs.url}", hint="run the runtime stage")
+    digest = summary.get("digest") or summary.get("sha256") or ""
+    return ok(f"initdata for {ctx.cfg.kbs.url}, digest {digest[:16]}...")
+
+
+# ------------------------------------------------------------------ kbs
+
+LAB_KBS = "the KBS is the lab's Trustee stand-in; it can verify sample evidence only (no SNP/TDX verifier)"
+
+
+@check("kbs.health", stage="kbs", applies=lambda cfg: cfg.is_kbs)
+def kbs_health(ctx: CheckContext) -> Outcome:
+    """HTTPS with the site CA, the admin credential works, and sample (non-TEE) evidence is denied."""
+    from ccfactory.kbs.client import KbsClient
+    from ccfactory.kbs.settings import kbs_settings
+
+    settings = kbs_settings(ctx.cfg, ctx.data)
+    pki = settings.pki_dir
+    client = KbsClient(settings.url, ca_cert=pki / "ca.crt" if not settings.sources.ca_cert else settings.sources.ca_cert,
+                       admin_key=pki / "admin.key", lab=ctx.cfg.lab)
+    try:
+        auth = client.check_admin_auth()
+        denial = client.negative_health_check(expect_denial=not settings.lab_permissive)
+    except Exception as exc:  # noqa: BLE001 - every failure is this check's finding
+        return fail(f"{type(exc).__name__}: {exc}", hint="run the kbs stage; check the KBS service log (journalctl -u trustee-kbs)",
+                    simulated=_lab(ctx, LAB_KBS))
+    if settings.lab_permissive:
+        return fail(f"{auth}; {denial}", hint="remove kbs_lab_permissive: the policy must require TEE attestation")
+    return ok(f"{auth}; {denial}", simulated=_lab(ctx, LAB_KBS))

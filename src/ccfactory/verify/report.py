@@ -51,13 +51,13 @@ class NodeReport(BaseModel):
 
     def stage_status(self, stage: str) -> Status:
         results = [c.status for c in self.checks if c.stage == stage]
-        if not self.reachable:
+        if not self.reachable or (self.error and not self.checks):
             return "error"
         return max(results, key=_RANK.__getitem__) if results else "n/a"
 
     @property
     def ready(self) -> bool:
-        return self.reachable and all(c.status in ("pass", "n/a") for c in self.checks)
+        return self.reachable and not self.error and all(c.status in ("pass", "n/a") for c in self.checks)
 
 
 class FleetReport(BaseModel):
@@ -113,11 +113,11 @@ def render_markdown(report: FleetReport) -> str:
         cells = [_ICON[node.stage_status(s)] for s in stages]
         lines.append(f"| {node.node} | {'yes' if node.ready else 'no'} | " + " | ".join(cells) + " |")
     problems = [(n, c) for n in report.nodes for c in n.checks if c.status in ("fail", "error")]
-    unreachable = [n for n in report.nodes if not n.reachable]
-    if problems or unreachable:
+    unchecked = [n for n in report.nodes if n.error]
+    if problems or unchecked:
         lines += ["", "## What to fix", ""]
-        for node in unreachable:
-            lines.append(f"- **{node.node}** unreachable: {node.error}")
+        for node in unchecked:
+            lines.append(f"- **{node.node}** {'unreachable' if not node.reachable else 'not checked'}: {node.error}")
         for node, check in problems:
             hint = f" Fix: {check.hint}" if check.hint else ""
             lines.append(f"- **{node.node}** `{check.check}` {check.status}: {check.detail}.{hint}")

@@ -16,12 +16,12 @@ from ccfactory.verify.checks import REGISTRY, CheckContext, CommandOutput, run_c
 
 
 @pytest.fixture(scope="module")
-def check_context(host, node_config):
+def check_context(host, node_config, pyinfra_host):
     def run(command: str) -> CommandOutput:
         result = host.run(command)
         return CommandOutput(result.rc, result.stdout, result.stderr)
 
-    return CheckContext(cfg=node_config, run=run)
+    return CheckContext(cfg=node_config, run=run, data=pyinfra_host.data.dict())
 
 
 @pytest.mark.parametrize(
