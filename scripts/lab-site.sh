@@ -7,4 +7,11 @@ scripts/bootstrap.sh
 nodes=3
 [[ "${1:-}" == "--nodes" ]] && nodes=$2
 .venv/bin/ccfactory lab up --nodes "$nodes" --inventory inventories/lab.py
+set +e
 PYINFRA_PROGRESS=off .venv/bin/pyinfra -y inventories/lab.py deploy/site.py
+rc=$?
+set -e
+if [[ -f reports/readiness.json ]]; then
+  .venv/bin/ccfactory report reports/readiness.json
+fi
+exit $rc

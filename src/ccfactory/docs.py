@@ -33,6 +33,10 @@ def _type_name(annotation) -> str:
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
+    if origin is dict:
+        return f"dict of {_type_name(args[0])} → {_type_name(args[1])}"
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
     if args:
         return " \\| ".join(_type_name(a) for a in args if a is not type(None)) + (
             " \\| none" if type(None) in args else ""
