@@ -5,4 +5,4 @@ Stages run in order; each is also a deploy of its own (deploy/<stage>.py).
 
 from ccfactory.deploys import run_stages
 
-run_stages(["preflight", "host", "gpu", "kbs", "runtime", "verify"])
+run_stages(["preflight", "firmware", "host", "gpu", "kbs", "runtime", "verify"])

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 nodes=3
 [[ "${1:-}" == "--nodes" ]] && nodes=$2
-.venv/bin/ccfactory lab up --nodes "$nodes" --inventory inventories/lab.py
+# nodes read their BIOS state from their BMC, so the firmware stage really turns the TEE on
+.venv/bin/ccfactory lab up --nodes "$nodes" --inventory inventories/lab.py --platform-source bmc
 set +e
 PYINFRA_PROGRESS=off .venv/bin/pyinfra -y inventories/lab.py deploy/site.py
 rc=$?

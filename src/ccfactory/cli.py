@@ -5,6 +5,7 @@ Deploys themselves run through pyinfra: ``pyinfra inventories/<site>.py deploy/s
 Examples::
 
     ccfactory check inventories/example_snp.py
+    ccfactory firmware plan inventories/example_snp.py
     ccfactory lab up --nodes 3
     ccfactory bom fetch --dest /srv/mirror
 """
@@ -62,6 +63,65 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_firmware_plan(args: argparse.Namespace) -> int:
+    """Read every BMC and print the BIOS plan per host (attribute diff, stages, reboots); writes nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ccfactory.config import InventoryError
+    from ccfactory.firmware import FirmwareError, render_plan
+    from ccfactory.firmware.driver import FirmwareDriver, default_client
+    from ccfactory.inventory import load_inventory, validate_inventory
+    from ccfactory.operations import firmware as firmware_ops
+
+    try:
+        fleet = validate_inventory(load_inventory(args.inventory), limit=args.limit)
+    except InventoryError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    targets = {n: c for n, c in fleet.items() if c.bmc is not None and c.tee in ("snp", "tdx")}
+    skipped = {n: ("no TEE" if c.tee not in ("snp", "tdx") else "no BMC configured") for n, c in fleet.items() if n not in targets}
+
+    def plan_one(item):
+        name, cfg = item
+        driver = FirmwareDriver(cfg.bmc, cfg.tee, host=name, client_factory=firmware_ops.CLIENT_FACTORY or default_client)
+        try:
+            plan, _ = driver.read_plan()
+            return name, plan, None, driver
+        except Exception as exc:  # noqa: BLE001 - reported per host; the client redacts secrets
+            from ccfactory.clients.redfish import RedfishError
+
+            text = str(exc) if isinstance(exc, (FirmwareError, RedfishError)) else f"unexpected {type(exc).__name__}: {exc}"
+            return name, None, text, driver
+        finally:
+            driver.close()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(targets)))) as pool:
+        results = list(pool.map(plan_one, targets.items()))
+    failed = [name for name, _, error, _ in results if error]
+    if args.json:
+        out = {
+            name: ({**plan.to_dict(), "requests": driver.requests} if plan else {"error": error, "requests": driver.requests})
+            for name, plan, error, driver in results
+        }
+        out.update({name: {"skipped": why} for name, why in skipped.items()})
+        print(json.dumps(out, indent=2, default=str))
+        return 1 if failed else 0
+    for name, plan, error, driver in results:
+        if plan is None:
+            print(f"{name}: ERROR: {error}\n")
+            continue
+        print(render_plan(plan))
+        print(f"  ({driver.requests} Redfish request(s); nothing was written)\n")
+    for name, why in skipped.items():
+        print(f"{name}: skipped ({why})")
+    total = sum(p.expected_reboots() for _, p, _, _ in results if p)
+    print(f"{len(results)} host(s) planned, {total} reboot(s) to compliance" + (f", {len(failed)} failed" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from ccfactory.lab import cli_main
 
@@ -85,6 +145,24 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render a readiness report JSON (from deploy/verify.py) as Markdown."""
+    from ccfactory.verify.report import load_report, render_markdown
+
+    try:
+        report = load_report(Path(args.json_file).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.json_file}: {exc}", file=sys.stderr)
+        return 2
+    page = render_markdown(report)
+    if args.output:
+        Path(args.output).write_text(page)
+        print(f"wrote {args.output}")
+    else:
+        print(page, end="")
+    return 0 if report.ready or not args.fail_if_not_ready else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccfactory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"ccfactory {__version__}")
@@ -99,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_check)
 
+    firmware = sub.add_parser("firmware", help="the firmware stage: plan the BIOS changes of each host (read only)")
+    firmware_sub = firmware.add_subparsers(dest="firmware_command", required=True)
+    fw_plan = firmware_sub.add_parser(
+        "plan", help="read each BMC and print the BIOS attribute diff, stages and reboots; writes nothing"
+    )
+    fw_plan.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/example_snp.py")
+    fw_plan.add_argument("--limit", action="append", help="only hosts in this group, or this host (repeatable)")
+    fw_plan.add_argument("--json", action="store_true", help="print the plans as JSON")
+    fw_plan.set_defaults(func=cmd_firmware_plan)
+
     lab = sub.add_parser("lab", help="the simulated fleet: up, down, status, reset, power", add_help=False)
     lab.add_argument("lab_args", nargs=argparse.REMAINDER)
     lab.set_defaults(func=cmd_lab)
@@ -106,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     bom = sub.add_parser("bom", help="the bill of materials: list, fetch and verify artifacts", add_help=False)
     bom.add_argument("bom_args", nargs=argparse.REMAINDER)
     bom.set_defaults(func=cmd_bom)
+
+    report = sub.add_parser("report", help="render a readiness report (reports/readiness.json) as Markdown")
+    report.add_argument("json_file", nargs="?", default="reports/readiness.json")
+    report.add_argument("-o", "--output", help="write the page here instead of printing it")
+    report.add_argument("--fail-if-not-ready", action="store_true", help="exit 1 unless every node is ready")
+    report.set_defaults(func=cmd_report)
 
     docs = sub.add_parser("docs", help="regenerate the README's configuration reference")
     docs.add_argument("--readme", default="README.md")

@@ -17,6 +17,7 @@ from ccfactory.inventory import validate_inventory
 # Stage name -> role module. Order is the deploy order of deploy/site.py.
 STAGES = {
     "preflight": "ccfactory.roles.preflight",
+    "firmware": "ccfactory.roles.firmware",
     "host": "ccfactory.roles.host",
     "gpu": "ccfactory.roles.gpu",
     # before runtime: the KBS stage creates the site CA that workers' guests must trust

@@ -434,10 +434,10 @@ def test_render_shows_each_stage_current_desired_pending_and_the_reboot():
     assert (
         "    TransparentSme      [tsme]              -  (not managed: no value; set one in bios_overrides)" not in text
     )
-    assert (
-        text.splitlines()[-1]
-        == "  reboot: BIOS stage 2/3 'snp' of dell/snp: new settings patched apply at the next reset"
-    )
+    assert text.splitlines()[-2:] == [
+        "  reboot: BIOS stage 2/3 'snp' of dell/snp: new settings patched apply at the next reset",
+        "  to compliance: 2 reboot(s) (stages snp, rmp)",
+    ]
 
 
 def test_plan_is_json_ready():

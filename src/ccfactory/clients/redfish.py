@@ -344,6 +344,28 @@ class BiosSnapshot:
     settings_path: str | None
     etag: str | None
     apply_times: tuple[str, ...] = ()
+    # @Redfish.Settings Messages/Time: the outcome of the last apply at a reset, where
+    # the BMC reports it (HPE, AMI); empty on BMCs that do not (Dell)
+    settings_messages: tuple[Mapping[str, Any], ...] = ()
+    settings_time: str | None = None
+
+    def failed_messages(self) -> tuple[str, ...]:
+        """Texts of the settings messages that report an error (not ``Success``).
+
+        Example::
+
+            snap.failed_messages()   # ('SettingsFailed: ... Snp ...',) after an apply the BIOS refused
+        """
+        out = []
+        for m in self.settings_messages:
+            ident = str(m.get("MessageId", ""))
+            severity = str(m.get("Severity") or m.get("MessageSeverity") or "")
+            if ident.rsplit(".", 1)[-1] in ("Success", "SettingsUpdated") or severity.upper() == "OK":
+                continue
+            text = str(m.get("Message") or ident or "unknown message")
+            related = ", ".join(str(r) for r in m.get("RelatedProperties") or ())
+            out.append(f"{ident}: {text}" + (f" ({related})" if related else ""))
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -388,8 +410,8 @@ class RedfishClient:
         name: str | None = None,
         auth: Literal["auto", "basic"] = "auto",
         secret_hint: str = "the configured password",
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.vendor = vendor
@@ -399,6 +421,8 @@ class RedfishClient:
         self._secrets = tuple(s for s in (password,) if s)
         self._secret_hint = secret_hint
         self._system_id = system_id
+        # looked up at construction, not import: under pyinfra, gevent patches time.sleep first
+        sleep, clock = sleep or time.sleep, clock or time.monotonic
         self._sleep, self._clock = sleep, clock
         _REDACTOR.clients.add(self)
         _install_redactor()
@@ -409,8 +433,12 @@ class RedfishClient:
             username=username, password=password
         )
         self._auth = auth_obj
-        with self._call("connecting and logging in"):
-            self._root = sushy.Sushy(self.base_url, auth=auth_obj, connector=self._conn)
+        try:
+            with self._call("connecting and logging in"):
+                self._root = sushy.Sushy(self.base_url, auth=auth_obj, connector=self._conn)
+        except RedfishError as exc:
+            exc.requests_made = self._transport.count  # type: ignore[attr-defined]  # no client to ask
+            raise
         self._system_path: str | None = None
         self._registry_cache: dict[str, Mapping[str, Any] | None] = {}
 
@@ -431,7 +459,7 @@ class RedfishClient:
             vendor=bmc.vendor,
             verify=verify,
             timeout=bmc.timeout,
-            retry=retry,
+            retry=retry or RetryPolicy(attempts=bmc.retries, backoff=bmc.retry_backoff),
             system_id=bmc.system_id,
             name=host,
             secret_hint=bmc.password.describe(),
@@ -623,6 +651,8 @@ class RedfishClient:
             settings_path=settings_path,
             etag=etag,
             apply_times=tuple(settings.get("SupportedApplyTimes") or ()),
+            settings_messages=tuple(m for m in settings.get("Messages") or () if isinstance(m, Mapping)),
+            settings_time=settings.get("Time"),
         )
 
     def bios_attributes(self) -> Mapping[str, Any]:
@@ -730,6 +760,38 @@ class RedfishClient:
             f", job {job_id}" if job_id else "",
         )
         return ApplyResult(snap.settings_path, response.status_code, job_id)
+
+    def create_bios_job(self, settings_path: str | None = None) -> str:
+        """Schedule a BIOS configuration job for the staged values (Dell); returns its id.
+
+        For a re-run that finds values pending but no job: without one, iDRAC never
+        applies them. Example: ``client.create_bios_job()`` -> ``'JID_...'``
+        """
+        if not self.quirks.job_create_path:
+            raise RedfishError(f"{self.label}: vendor {self.vendor!r} has no BIOS configuration jobs")
+        path = settings_path or self.read_bios(registry=False).settings_path
+        if not path:
+            raise RedfishError(f"{self.label}: the BMC advertises no BIOS settings object")
+        return self._create_job(path)
+
+    def scheduled_bios_job(self, *, newest: int = 10) -> JobStatus | None:
+        """The BIOS configuration job waiting for the next reset (Dell), or ``None``.
+
+        Looks at the ``newest`` jobs of the job queue (JIDs grow with time), so a long
+        queue costs a bounded number of requests. Example::
+
+            job = client.scheduled_bios_job()   # JobStatus('JID_...', 'Scheduled') or None
+        """
+        if not self.quirks.job_create_path:
+            return None
+        listing = self._json(self.quirks.job_create_path, "listing BIOS configuration jobs")
+        ids = [str(m.get("@odata.id", "")).rstrip("/").rsplit("/", 1)[-1] for m in listing.get("Members") or ()]
+        for job_id in sorted((i for i in ids if i.startswith("JID_")), reverse=True)[:newest]:
+            status = self.job(job_id)
+            kind = str(status.raw.get("JobType", "BIOSConfiguration"))
+            if kind == "BIOSConfiguration" and status.state in ("Scheduled", "Running", "New", "Starting"):
+                return status
+        return None
 
     def _create_job(self, settings_path: str) -> str:
         assert self.quirks.job_create_path

@@ -13,9 +13,12 @@ Rules:
 * the PATCH holds only that stage's attributes whose value is neither applied nor
   already **pending** with the right value (a re-run before the reboot patches nothing);
 * a **one-shot** setting (``sgx_factory_reset``) never counts as unapplied; it is
-  patched only when its trigger (``sgx``) is being changed in this run, and skipped with
-  a warning if the BMC has it read-only then (it cannot be deferred: nothing records
-  that it fired);
+  patched only when its trigger (``sgx``) is being changed in this run. Where the BMC
+  keeps it read-only until the trigger is *applied* (AMI: greyed out while SGX is off),
+  it is **deferred**: the plan lists it in ``deferred_one_shots`` and the caller, which
+  knows that this run turned the trigger on, plans again with it in ``due_one_shots``
+  after the reset: the stage is then targeted once more, to PATCH only the one-shot
+  (one more reboot). A due one-shot still read-only then is an error;
 * an attribute the BMC marks read-only (or greys out) in the target stage is an error,
   since every earlier stage is applied; so is a value outside the registry's allowed
   list or bounds;
@@ -38,7 +41,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -86,10 +89,31 @@ class FirmwarePlan:
     reboot: bool = False
     reason: str = ""  # why the reboot is needed (for the reboot log)
     warnings: tuple[str, ...] = ()
+    # one-shots whose trigger is patched now but that the BMC locks until the trigger is
+    # applied: fire them in a follow-up pass (plan again with due_one_shots) after the reset
+    deferred_one_shots: tuple[str, ...] = ()
+    firing: tuple[str, ...] = ()  # due one-shots this plan patches (a follow-up pass)
+    unapplied: tuple[str, ...] = ()  # every stage not applied now, in order (a dry run's count)
+    predicted_follow_ups: tuple[str, ...] = ()  # one-shots of later stages locked now (forecast)
 
     @property
     def compliant(self) -> bool:
         return self.stage is None
+
+    @property
+    def number(self) -> int | None:
+        """1-based number of the stage this plan applies, ``None`` when compliant."""
+        return next((s.number for s in self.stages if s.name == self.stage), None)
+
+    def expected_reboots(self) -> int:
+        """Reboots to reach compliance from here, as far as the BMC shows now: one per
+        unapplied stage, plus one per one-shot that will have to wait for its trigger
+        (a later stage's attributes may still be hidden, so this is a forecast)."""
+        if self.compliant:
+            return 0
+        stage_of = {s.setting: st.name for st in self.stages for s in st.settings}
+        follow_ups = {stage_of[n] for n in (*self.deferred_one_shots, *self.predicted_follow_ups) if n in stage_of}
+        return len(self.unapplied) + len(follow_ups)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (reports, ``--json``)."""
@@ -103,6 +127,10 @@ class FirmwarePlan:
             "reboot": self.reboot,
             "reason": self.reason,
             "warnings": list(self.warnings),
+            "deferred_one_shots": list(self.deferred_one_shots),
+            "firing": list(self.firing),
+            "unapplied": list(self.unapplied),
+            "expected_reboots": self.expected_reboots(),
             "stages": [
                 {"name": s.name, "number": s.number, "status": s.status, "settings": [vars(x) for x in s.settings]}
                 for s in self.stages
@@ -116,20 +144,27 @@ def plan_firmware(
     current: Mapping[str, Any],
     pending: Mapping[str, Any] | None,
     registry: AttributeRegistry | Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+    due_one_shots: Collection[str] = (),
 ) -> FirmwarePlan:
     """Diff desired against applied values and plan the first stage not yet applied.
 
     ``current`` is ``Bios.Attributes``; ``pending`` the settings object's ``Attributes``
     (only the staged values, or every attribute on BMCs that show a full copy);
-    ``registry`` the attribute registry (document, list or :class:`AttributeRegistry`).
+    ``registry`` the attribute registry (document, list or :class:`AttributeRegistry`);
+    ``due_one_shots`` the one-shot settings this run deferred (see the module docstring):
+    their stage counts as not applied until they are sent.
     Raises :class:`~ccfactory.firmware.errors.ResolutionError` when a setting of the
     target stage has no attribute, :class:`PlanError` when one is read-only or its
     value is not allowed. See the module docstring for an example.
     """
     pending = pending or {}
     index = registry if isinstance(registry, AttributeRegistry) else AttributeRegistry.from_redfish(registry, current)
-    ctx = _Context(profile, resolved, current, pending, index)
-    first = next((i for i, stage in enumerate(profile.stages) if not ctx.applied(stage)), None)
+    ctx = _Context(profile, resolved, current, pending, index, frozenset(due_one_shots))
+    unknown = sorted(set(due_one_shots) - {n for n, (_, s) in profile.settings().items() if s.one_shot})
+    if unknown:
+        raise ValueError(f"{profile.label}: due one-shot(s) {', '.join(unknown)} are not one-shot settings")
+    unapplied = tuple(stage.name for stage in profile.stages if not ctx.applied(stage) or ctx.due_in(stage))
+    first = next((i for i, stage in enumerate(profile.stages) if not ctx.applied(stage) or ctx.due_in(stage)), None)
     target = profile.stages[first] if first is not None else None
     stages: list[StagePlan] = []
     warnings: list[str] = []
@@ -144,14 +179,15 @@ def plan_firmware(
         else:
             stages.append(ctx.describe_stage(stage, i + 1, "waiting"))
     warnings += ctx.notes
+    follow_ups = ctx.predicted_follow_ups(first)
     if first is None or target is None:
         return FirmwarePlan(resolved.bmc, profile.vendor, profile.tee, tuple(stages), warnings=tuple(warnings))
     patch = {s.attribute: s.desired for st in stages for s in st.settings if s.action == "patch" and s.attribute}
-    reason = (
-        f"BIOS stage {first + 1}/{len(profile.stages)} {target.name!r} of {profile.label}: "
-        + ("new settings patched" if patch else "settings already pending")
-        + " apply at the next reset"
-    )
+    firing = tuple(n for n in target.settings if n in ctx.due)
+    what = f"one-shot {', '.join(firing)} (deferred until {target.name!r} was applied)" if firing and ctx.applied(
+        target
+    ) else ("new settings patched" if patch else "settings already pending")
+    reason = f"BIOS stage {first + 1}/{len(profile.stages)} {target.name!r} of {profile.label}: {what} apply at the next reset"
     return FirmwarePlan(
         resolved.bmc,
         profile.vendor,
@@ -162,6 +198,10 @@ def plan_firmware(
         reboot=True,
         reason=reason,
         warnings=tuple(warnings),
+        deferred_one_shots=tuple(ctx.deferred),
+        firing=firing,
+        unapplied=unapplied,
+        predicted_follow_ups=follow_ups,
     )
 
 
@@ -175,9 +215,12 @@ class _Context:
         current: Mapping[str, Any],
         pending: Mapping[str, Any],
         index: AttributeRegistry,
+        due: frozenset[str] = frozenset(),
     ):
         self.profile, self.resolved, self.current, self.pending, self.index = profile, resolved, current, pending, index
+        self.due = due
         self.notes: list[str] = []
+        self.deferred: list[str] = []
 
     # -- reading
 
@@ -206,6 +249,36 @@ class _Context:
 
     def applied(self, stage: BiosStage) -> bool:
         return all(self.is_set(n, s) for n, s in stage.settings.items() if self.counts(n, s))
+
+    def due_in(self, stage: BiosStage) -> bool:
+        """A one-shot of this stage was deferred by this run and not sent yet."""
+        return any(n in self.due for n in stage.settings)
+
+    def predicted_follow_ups(self, first: int | None) -> tuple[str, ...]:
+        """One-shots of stages still to apply whose trigger changes and that the BMC locks
+        now: each will probably need its own follow-up reboot (a dry run's forecast)."""
+        if first is None:
+            return ()
+        out = []
+        # what the BMC will have applied when this stage is patched: earlier stages done
+        simulated = dict(self.current)
+        for stage in self.profile.stages[first:]:
+            for name, setting in stage.settings.items():
+                if not setting.one_shot or name in self.due or name in self.deferred:
+                    continue
+                trigger = stage.settings[setting.trigger or ""]
+                attribute = self.attribute(name)
+                if not trigger.managed or self.attribute(setting.trigger or "") is None:
+                    continue
+                if self.is_set(setting.trigger or "", trigger) or attribute is None:
+                    continue
+                if self.index.lock_reason(attribute, simulated):
+                    out.append(name)
+            for name, setting in stage.settings.items():
+                attribute = self.attribute(name)
+                if attribute and setting.managed and not setting.one_shot:
+                    simulated[attribute] = self.check(name, setting).write
+        return tuple(out)
 
     # -- the target stage
 
@@ -240,6 +313,12 @@ class _Context:
     def plan_one_shot(self, stage: BiosStage, name: str, setting: BiosSetting) -> SettingState:
         trigger_name = setting.trigger or ""
         trigger = stage.settings[trigger_name]
+        if name in self.due:
+            # deferred by this run until its trigger was applied: send it now; still locked is
+            # an error (the prerequisite is applied), raised by write()
+            if self.attribute(name) is None:
+                self.resolved.attribute(name)
+            return self.write(stage, name, setting, note=f"one-shot: deferred until {trigger_name} was applied")
         # fires only in the run that changes its trigger (never when the trigger is absent)
         firing = trigger.managed and self.attribute(trigger_name) is not None and not self.is_set(trigger_name, trigger)
         if not firing:
@@ -251,13 +330,14 @@ class _Context:
             self.resolved.attribute(name)
         lock = self.index.lock_reason(attribute or "", self.current)
         if lock and not self.check(name, setting).satisfied_by(self.pending.get(attribute or "")):
-            # A one-shot cannot wait for a later run (it would never know it already fired),
-            # and the stage must not stall on it: skip, loudly.
+            # A later run would not know that the trigger was turned on by this one, so the
+            # caller fires it after this stage's reset, in the same run (deferred_one_shots).
+            self.deferred.append(name)
             self.notes.append(
                 f"{self.resolved.bmc}: one-shot {name!r} ({attribute}) not sent with {setting.trigger}: "
-                f"read-only now ({lock}); set it by hand after the reboot if the platform needs it"
+                f"read-only now ({lock}); it is sent once {setting.trigger} is applied, with one more reboot"
             )
-            return self.state(name, setting, "skip", note=f"one-shot locked: {lock}")
+            return self.state(name, setting, "skip", note=f"one-shot deferred: locked until {setting.trigger} is applied")
         return self.write(stage, name, setting, note=f"one-shot: fires with {setting.trigger}")
 
     def write(self, stage: BiosStage, name: str, setting: BiosSetting, note: str = "") -> SettingState:
@@ -352,6 +432,7 @@ def render_plan(plan: FirmwarePlan) -> str:
           stage 3 rmp: waiting
             Rmp            [snp_rmp_coverage]  Disabled -> Enabled later
           reboot: BIOS stage 2/3 'snp' of dell/snp: new settings patched apply at the next reset
+          to compliance: 2 reboot(s) (stages snp, rmp)
     """
     total = len(plan.stages)
     if plan.compliant:
@@ -373,6 +454,13 @@ def render_plan(plan: FirmwarePlan) -> str:
     lines += [f"  warning: {w}" for w in plan.warnings]
     if plan.reboot:
         lines.append(f"  reboot: {plan.reason}")
+        left = plan.expected_reboots()
+        later = f" (stages {', '.join(plan.unapplied)}" + (
+            f"; follow-up for one-shot {', '.join((*plan.deferred_one_shots, *plan.predicted_follow_ups))})"
+            if plan.deferred_one_shots or plan.predicted_follow_ups
+            else ")"
+        )
+        lines.append(f"  to compliance: {left} reboot(s){later}")
     return "\n".join(lines)
 
 

@@ -1,10 +1,9 @@
-"""One turn of the firmware loop on one BMC: read, resolve, plan, and (unless dry) PATCH.
+"""One turn on one BMC: read, resolve, plan, and (unless dry) PATCH; for scripts and tests.
 
-The firmware role calls :func:`firmware_step` once per host per pass; when
-``step.plan.reboot`` it reboots the host through the reboot mechanism (on Dell after
-checking ``step.applied.job_id``), waits, and calls it again until the plan is
-compliant. ``ccfactory firmware plan`` / ``--dry`` calls it with ``dry=True`` and prints
-``render_plan(step.plan)``.
+The firmware role does the same through :class:`ccfactory.firmware.driver.FirmwareDriver`,
+which adds what a full run needs around it (Dell jobs for values found pending, the reset
+and the wait for the BMC, the verification after the reset, deferred one-shots) and is
+what ``ccfactory firmware plan`` and ``pyinfra ... deploy/firmware.py --dry`` read with.
 
 Example::
 

@@ -1,0 +1,159 @@
+"""What the firmware role adds to the planner and the client: one-shots deferred until their
+trigger is applied and fired in a follow-up pass, the dry run's reboot forecast, the BMC's
+settings result, and the per-host figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ccfactory.clients.redfish import BiosSnapshot
+from ccfactory.firmware import PlanError, bios_profile_for, plan_firmware, render_plan, resolve_settings
+from ccfactory.firmware.driver import RunReport
+from ccfactory.operations.firmware import judge_tee, passes_needed
+from ccfactory.parsers.tee import parse_tee_sections
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "redfish"
+HPE_REGISTRY = json.loads(
+    (
+        FIXTURES / "hpe/ilo-redfish-emulator__mockups_DL380a_RegistryStore_registries_en_biosattributeregistryu58.v1_2_44_index.json"
+    ).read_text()
+)
+HPE_BIOS = json.loads((FIXTURES / "hpe/ilo-redfish-emulator__mockups_DL380a_Systems_1_bios_index.json").read_text())["Attributes"]
+HPE_STAGE1 = {**HPE_BIOS, "ProcessorPhysicalAddress": "Default", "Tme": "Enabled"}
+HPE_STAGE2 = {**HPE_STAGE1, "MkTme": "Enabled", "SgxEnable": "Enabled", "SgxFactoryReset": "Disabled"}
+
+
+def greyed_until_sgx(registry: dict[str, Any]) -> dict[str, Any]:
+    """The lab's AMI personalities: SgxFactoryReset greyed out until SGX is *applied*."""
+    registry = json.loads(json.dumps(registry))
+    registry["RegistryEntries"]["Dependencies"].append(
+        {
+            "Type": "Map",
+            "DependencyFor": "SgxFactoryReset",
+            "Dependency": {
+                "MapFrom": [
+                    {
+                        "MapFromAttribute": "SgxEnable",
+                        "MapFromCondition": "NEQ",
+                        "MapFromProperty": "CurrentValue",
+                        "MapFromValue": "Enabled",
+                    }
+                ],
+                "MapToAttribute": "SgxFactoryReset",
+                "MapToProperty": "GrayOut",
+                "MapToValue": True,
+            },
+        }
+    )
+    return registry
+
+
+def plan(current, pending=None, registry=None, due=()):
+    profile = bios_profile_for("hpe", "tdx")
+    registry = registry or HPE_REGISTRY
+    resolved = resolve_settings(profile, registry, current, bmc="dl380a")
+    return plan_firmware(profile, resolved, current, pending or {}, registry, due)
+
+
+def test_a_locked_one_shot_is_deferred_to_a_follow_up_pass():
+    p = plan(HPE_STAGE1, registry=greyed_until_sgx(HPE_REGISTRY))
+    assert p.stage == "sgx" and dict(p.patch) == {"MkTme": "Enabled", "SgxEnable": "Enabled"}
+    assert p.deferred_one_shots == ("sgx_factory_reset",)
+    assert any("it is sent once sgx is applied, with one more reboot" in w for w in p.warnings)
+    assert p.expected_reboots() == 3  # sgx, its follow-up, tdx
+
+
+def test_a_due_one_shot_is_sent_alone_once_its_trigger_is_applied():
+    registry = greyed_until_sgx(HPE_REGISTRY)
+    p = plan(HPE_STAGE2, registry=registry, due={"sgx_factory_reset"})
+    assert p.stage == "sgx" and p.firing == ("sgx_factory_reset",)
+    assert dict(p.patch) == {"SgxFactoryReset": "Enabled"}
+    assert "one-shot sgx_factory_reset (deferred until 'sgx' was applied)" in p.reason
+    # without the run's memory it never fires again: the next stage is planned instead
+    assert plan(HPE_STAGE2, registry=registry).stage == "tdx"
+    # already pending (a re-run after the PATCH): not patched again, still a reboot
+    p = plan(HPE_STAGE2, {"SgxFactoryReset": "Enabled"}, registry, due={"sgx_factory_reset"})
+    assert p.stage == "sgx" and dict(p.patch) == {} and p.reboot
+
+
+def test_a_due_one_shot_still_read_only_after_its_trigger_is_an_error():
+    registry = greyed_until_sgx(HPE_REGISTRY)
+    with pytest.raises(PlanError, match="SgxFactoryReset .*is read-only.*although the earlier stages"):
+        plan({**HPE_STAGE2, "SgxEnable": "Disabled", "MkTme": "Enabled"}, registry=registry, due={"sgx_factory_reset"})
+
+
+def test_due_names_must_be_one_shots():
+    with pytest.raises(ValueError, match="not one-shot settings"):
+        plan(HPE_STAGE1, due={"sgx"})
+
+
+def test_the_forecast_counts_every_unapplied_stage():
+    p = plan(HPE_BIOS)
+    assert p.unapplied == ("tme", "sgx", "tdx") and p.expected_reboots() == 3
+    assert "to compliance: 3 reboot(s) (stages tme, sgx, tdx)" in render_plan(p)
+    p = plan(HPE_BIOS, registry=greyed_until_sgx(HPE_REGISTRY))
+    assert p.predicted_follow_ups == ("sgx_factory_reset",) and p.expected_reboots() == 4
+    assert "follow-up for one-shot sgx_factory_reset" in render_plan(p)
+    done = plan({**HPE_STAGE2, "TdxEnable": "Enabled", "TdxSeamldrEnable": "Enabled"})
+    assert done.compliant and done.expected_reboots() == 0 and done.to_dict()["expected_reboots"] == 0
+
+
+def test_passes_needed_counts_a_follow_up_per_stage_with_a_one_shot():
+    assert passes_needed(bios_profile_for("hpe", "tdx")) == 4
+    assert passes_needed(bios_profile_for("hpe", "snp")) == 2
+
+
+def test_settings_result_messages_other_than_success_are_reported():
+    snap = BiosSnapshot(
+        attributes={},
+        pending={},
+        registry=None,
+        bios_path="/b",
+        settings_path="/b/s",
+        etag=None,
+        settings_messages=(
+            {"MessageId": "Base.1.0.Success", "Message": "Successfully Completed Request", "Severity": "OK"},
+            {
+                "MessageId": "Base.1.0.SettingsFailed",
+                "Message": "Settings update failed.",
+                "RelatedProperties": ["#/Attributes/Snp"],
+            },
+        ),
+    )
+    assert snap.failed_messages() == ("Base.1.0.SettingsFailed: Settings update failed. (#/Attributes/Snp)",)
+
+
+def test_run_report_summary_is_one_parseable_line():
+    r = RunReport(started=100.0)
+    r.stages += ["tme", "sgx", "sgx one-shot"]
+    r.stage_seconds += [10.0, 11.5, 9.0]
+    r.reboots = 3
+    assert r.summary(87, now=131.0) == (
+        "ccfactory firmware: 2 stage(s) + 1 one-shot pass(es) applied (tme, sgx, sgx one-shot), 3 reboot(s), "
+        "87 Redfish request(s), 31.0 s; passes 30.5 s: tme 10.0s, sgx 11.5s, sgx one-shot 9.0s"
+    )
+    assert RunReport(started=0.0).summary(9, now=0.5) == (
+        "ccfactory firmware: 0 stage(s) applied, 0 reboot(s), 9 Redfish request(s), 0.5 s"
+    )
+
+
+def test_tee_verdict_splits_bios_causes_from_kernel_ones():
+    tdx_bios_on_kvm_off = parse_tee_sections(
+        {
+            "cpuflags": ("flags : fpu vmx tdx_host_platform",),
+            "modules": ("kvm_intel 409600 0 - Live 0x0",),
+            "params": ("/sys/module/kvm_intel/parameters/tdx=N",),
+            "dmesg-source": ("/var/log/ccfactory-lab/dmesg",),
+            "dmesg": ("[0.6] virt/tdx: BIOS enabled: private KeyID range [64, 128)",),
+        }
+    )
+    v = judge_tee(tdx_bios_on_kvm_off, "tdx", ["tdx_keyids"])
+    assert not v.active and v.bios_failed == () and v.bios_ok == ("tdx_keyids",)
+    assert "kvm_intel_tdx" in {c.name for c in v.others}
+    off = parse_tee_sections({"cpuflags": ("flags : fpu",), "dmesg-source": ("dmesg",), "dmesg": ("[0.1] x",)})
+    v = judge_tee(off, "snp", ["cpu_sev_snp", "rmp_table", "sev_es_asids"])
+    assert [c.name for c in v.bios_failed][:1] == ["cpu_sev_snp"]
