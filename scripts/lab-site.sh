@@ -13,6 +13,7 @@ PYINFRA_PROGRESS=off .venv/bin/pyinfra -y inventories/lab.py deploy/site.py
 rc=$?
 set -e
 if [[ -f reports/readiness.json ]]; then
-  .venv/bin/ccfactory report reports/readiness.json
+  # the report decides: a deploy that ran but left a node not ready is not a success
+  .venv/bin/ccfactory report reports/readiness.json --fail-if-not-ready || rc=${rc/#0/1}
 fi
 exit $rc

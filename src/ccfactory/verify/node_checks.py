@@ -197,23 +197,33 @@ def kata_installed(ctx: CheckContext) -> Outcome:
 
 @check("runtime.initdata", stage="runtime", applies=lambda cfg: _runtime_node(cfg) and bool(cfg.kbs.url))
 def initdata_in_place(ctx: CheckContext) -> Outcome:
-    """The CoCo initdata for this site's KBS is on the node, and its digest matches the document."""
-    import hashlib
+    """The CoCo initdata for this site's KBS is on the node; its digest and annotation match the document."""
     import json as _json
 
-    out = ctx.run("cat /etc/ccfactory/coco/initdata.json 2>/dev/null && echo && cat /etc/ccfactory/coco/initdata.toml")
-    text = out.stdout
-    if not text.strip():
-        return fail("no /etc/ccfactory/coco/initdata.json", hint="run the runtime stage with kbs_url set")
-    summary_text, _, document = text.partition("\n")
+    from ccfactory.coco.initdata import decode_annotation
+
+    base = "/etc/ccfactory/coco"
+    summary_text = ctx.run(f"cat {base}/initdata.json 2>/dev/null").stdout
+    document = ctx.run(f"cat {base}/initdata.toml 2>/dev/null").stdout
+    annotation = ctx.run(f"cat {base}/initdata.annotation 2>/dev/null").stdout.strip()
+    if not summary_text.strip() or not document:
+        return fail(f"no initdata in {base}", hint="run the runtime stage with kbs_url set")
     try:
         summary = _json.loads(summary_text)
     except ValueError:
-        return fail("initdata.json is not JSON", hint="run the runtime stage")
+        return fail(f"{base}/initdata.json is not JSON", hint="run the runtime stage")
+    algorithm = summary.get("algorithm", "sha256")
+    if algorithm not in ("sha256", "sha384", "sha512"):
+        return fail(f"initdata digest algorithm {algorithm!r} is not one ccfactory writes", hint="run the runtime stage")
+    # hash the file's exact bytes on the node (command output loses trailing newlines)
+    digest = ctx.run(f"{algorithm}sum {base}/initdata.toml").stdout.split()[0] if document else ""
+    if digest != summary.get("digest"):
+        return fail(f"initdata.toml {algorithm} {digest[:16]}... differs from the recorded digest", hint="run the runtime stage")
+    if decode_annotation(annotation).rstrip("\n") != document.rstrip("\n"):
+        return fail("initdata.annotation does not decode to initdata.toml", hint="run the runtime stage")
     if ctx.cfg.kbs.url not in document:
         return fail(f"initdata does not point at {ctx.cfg.kbs.url}", hint="run the runtime stage")
-    digest = summary.get("digest") or summary.get("sha256") or ""
-    return ok(f"initdata for {ctx.cfg.kbs.url}, digest {digest[:16]}...")
+    return ok(f"initdata for {ctx.cfg.kbs.url}, {algorithm} {digest[:16]}...")
 
 
 # ------------------------------------------------------------------ kbs
