@@ -47,6 +47,7 @@ from ccfactory.facts.node import NodeOs
 from ccfactory.facts.tee import TeeHostStatus
 from ccfactory.operations import checks, reboot
 from ccfactory.operations import host as host_ops
+from ccfactory.operations.host import firmware_failures
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootConfig
 from ccfactory.roles.host.plan import DROPIN, GPU_CONF, TEE_CONF, OwnedFile, plan_host
 
@@ -61,6 +62,19 @@ def _owned_file(owned: OwnedFile, label: str) -> None:
         files.put(name=label, src=io.StringIO(owned.wanted), dest=owned.path, mode="0644", **SUDO)
     elif owned.current is not None:
         files.file(name=f"{label}: no longer wanted", path=owned.path, present=False, **SUDO)
+
+
+def _bios_now_on(tee: str, firmware_checks) -> object:
+    """An ``_if`` condition: at execute time, the BIOS side of the TEE is on (fresh fact)."""
+    from pyinfra.context import ctx_host
+
+    this = ctx_host.get()
+
+    def condition() -> bool:
+        status = this.get_fact(TeeHostStatus, **SUDO)
+        return not firmware_failures(status, tee, firmware_checks)
+
+    return condition
 
 
 @deploy("Host")
@@ -89,7 +103,12 @@ def apply() -> None:
     spec = plan.spec
     assert spec is not None
 
-    if plan.needs_reboot:
+    reboot_wanted = plan.needs_reboot or plan.reboot_if_bios_on
+    # Facts were read before earlier stages ran; in a site deploy the firmware stage may
+    # have enabled the TEE in BIOS since. Decide then, with fresh facts, whether a reboot
+    # can bring the configuration into effect.
+    when = {"_if": _bios_now_on(cfg.tee, spec.firmware_checks)} if not plan.needs_reboot else {}
+    if reboot_wanted:
         # before the files: a run that stops between them and the reboot still reboots next time
         files.put(
             name="Record the pending reboot",
@@ -108,15 +127,18 @@ def apply() -> None:
         server.shell(name="Update the bootloader configuration", commands=[plan.update_bootloader], **SUDO)
     if plan.update_initramfs:
         server.shell(name="Update the initramfs", commands=[plan.update_initramfs], **SUDO)
-    if plan.needs_reboot:
+    if reboot_wanted:
         reboot.rebooted(
             name="Reboot to apply the host boot configuration",
             reason=plan.reboot_reason,
             timeout=cfg.reboot.timeout,
             **reboot.rolling(cfg.reboot.batch_size),
+            **when,
             **SUDO,
         )
-    if plan.needs_reboot or plan.stale_marker:
+    if reboot_wanted:
+        files.file(name="Reboot for the host configuration done", path=REBOOT_MARKER, present=False, **when, **SUDO)
+    elif plan.stale_marker:
         files.file(name="Reboot for the host configuration done", path=REBOOT_MARKER, present=False, **SUDO)
 
     host_ops.tee_host_ready(

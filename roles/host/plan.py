@@ -143,6 +143,9 @@ class HostPlan:
     pending: bool = False  # a reboot recorded in this boot has not happened
     stale_marker: bool = False  # a marker from an earlier boot: the reboot happened
     needs_reboot: bool = False
+    # BIOS had the TEE off when facts were read: reboot only if, at execute time, the
+    # firmware stage (earlier in the same run) has turned it on; see roles/host apply()
+    reboot_if_bios_on: bool = False
     reboot_reason: str = ""
     not_in_effect: str = ""  # why the configuration will not be running after this run
 
@@ -325,8 +328,8 @@ def plan_host(
     not_in_effect = ""
     if diffs and (changes or pending) and firmware:
         not_in_effect = (
-            f"no reboot now: {spec.short} is off in BIOS, which a reboot cannot fix; the firmware stage's reboot "
-            "applies this configuration too"
+            f"no reboot: {spec.short} is still off in BIOS, which a reboot cannot fix; run the firmware stage, "
+            "then this stage again"
         )
     reason = ""
     if needs_reboot:
@@ -343,7 +346,8 @@ def plan_host(
         pending=pending,
         stale_marker=stale,
         needs_reboot=needs_reboot,
-        reboot_reason=reason,
+        reboot_if_bios_on=bool(not_in_effect),
+        reboot_reason=reason or (f"host boot configuration changed: {'; '.join(diffs)}" if not_in_effect else ""),
         not_in_effect=not_in_effect,
     )
 

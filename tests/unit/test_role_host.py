@@ -25,7 +25,7 @@ from ccfactory.facts.tee import TeeHostStatus
 from ccfactory.operations import host as host_ops
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootConfig
 from ccfactory.roles.host.plan import DROPIN, GPU_CONF, TEE_CONF
-from test_role_host_sim import BIOS_OFF, SimNode
+from test_role_host_sim import BIOS_OFF, SNP_ON, SimNode
 
 HOST = "@fake/node1"
 
@@ -249,15 +249,22 @@ def test_every_supported_distro_gets_its_commands_from_the_data(tmp_path, os_id,
     assert [str(c) for c in op(ops, "Update the bootloader configuration")[2]] == ["update-grub"]
 
 
-def test_bios_off_writes_files_without_reboot_and_fails_with_the_firmware_hint(tmp_path):
+def test_bios_off_at_prepare_reboots_only_if_the_bios_is_on_by_then(tmp_path):
+    # In a site deploy, facts are read before the firmware stage runs: the reboot is
+    # planned, but conditional on the BIOS side being on at execute time.
     node = SimNode(tmp_path, "snp", BIOS_OFF)
     ops, _, _ = run_role(node, tmp_path)
     names = [o[0] for o in ops]
-    assert "Kernel command line drop-in" in names and not any(n.startswith("Reboot") for n in names)
+    assert "Kernel command line drop-in" in names
+    reboot_op = op(ops, "Reboot to apply the host boot configuration")
+    condition = reboot_op[3]["_if"]
+    assert condition() is False, "BIOS still off: a reboot cannot help"
+    node.features = SNP_ON  # what the firmware stage does earlier in the same run ...
+    node.boot()  # ... with its own reboot
+    assert condition() is True
     message = failure_message(ops, "TEE active on the running kernel")
     assert message.startswith("AMD SEV-SNP is not active: enable SNP in BIOS: run the firmware stage")
     assert "cpu_sev_snp: FAIL: CPU flag sev_snp is missing" in message
-    assert "takes effect at the next boot (no reboot now: SNP is off in BIOS" in message
 
 
 def test_pending_reboot_from_an_interrupted_run_is_done(tmp_path):

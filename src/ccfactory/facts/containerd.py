@@ -41,7 +41,10 @@ def probe_command(main: str = MAIN_CONFIG, dropin: str = DROPIN) -> str:
         echo_marker("enabled"),
         "systemctl is-enabled containerd 2>/dev/null || true",
         echo_marker("candidate"),
-        "(apt-cache policy containerd 2>/dev/null | sed -n 's/^ *Candidate: *//p') || true",
+        # a freshly installed node has no package index yet: without one, "the distribution
+        # offers no containerd" would be wrong, so read the index once (apt's own cache only)
+        "(ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq >/dev/null 2>&1; "
+        "apt-cache policy containerd 2>/dev/null | sed -n 's/^ *Candidate: *//p') || true",
         *_file("main", main),
         *_file("dropin", dropin),
         "if command -v containerd >/dev/null 2>&1; then "
