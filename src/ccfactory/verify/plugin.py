@@ -90,9 +90,8 @@ def pytest_collection_modifyitems(config, items):
             )
 
 
-def _pyinfra_host_for(request):
+def _pyinfra_host_for(request, testinfra_host):
     by_address = request.config.stash.get(_HOSTS_KEY, {})
-    testinfra_host = request.getfixturevalue("host")
     address = testinfra_host.backend.get_hostname()
     if address not in by_address:
         pytest.fail(f"testinfra host {address} is not a host of --pyinfra-inventory")
@@ -100,9 +99,13 @@ def _pyinfra_host_for(request):
 
 
 @pytest.fixture(scope="module")
-def pyinfra_host(request):
-    """The pyinfra ``Host`` the current testinfra ``host`` stands for."""
-    return _pyinfra_host_for(request)
+def pyinfra_host(request, host):
+    """The pyinfra ``Host`` the current testinfra ``host`` stands for.
+
+    It names ``host`` as a parameter so pytest makes one per testinfra host (the
+    ``host`` fixture is parametrized over the fleet).
+    """
+    return _pyinfra_host_for(request, host)
 
 
 @pytest.fixture(scope="module")
