@@ -69,3 +69,78 @@ def test_site_converges_then_changes_nothing_then_verifies(factory_lab, tmp_path
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert suite.returncode == 0, suite.stdout[-4000:]
+
+
+def _failing(lab, report_dir: Path) -> set[tuple[str, str]]:
+    """(node address, check id) of every check that does not pass, from a verify run."""
+    env = {**os.environ, "PYINFRA_PROGRESS": "off", "CCFACTORY_REPORT_DIR": str(report_dir)}
+    subprocess.run(
+        [str(BIN / "pyinfra"), "-y", str(lab.inventory), str(REPO / "deploy" / "verify.py")],
+        cwd=REPO, capture_output=True, text=True, timeout=900, env=env,
+    )
+    report = json.loads((report_dir / "readiness.json").read_text())
+    out = set()
+    for node in report["nodes"]:
+        assert node["reachable"] and not node["error"], node
+        out |= {(node["node"], c["check"]) for c in node["checks"] if c["status"] not in ("pass", "n/a")}
+    return out
+
+
+def _reboot(lab, name: str) -> None:
+    from ccfactory.lab import power
+
+    assert power.power(lab.dir, name, "force-restart") == "On"
+    lab.wait_ssh(name)
+
+
+def test_breaking_one_thing_per_stage_fails_its_check_with_a_hint(factory_lab, tmp_path):
+    """After the converged site: break one thing per stage by hand; the matching check
+    fails, with its hint, and no other check does (except where one truly implies the
+    other: BIOS back to factory turns the TEE off, so host.tee_active fails with it)."""
+    lab = factory_lab
+    snp = lab.node_of_profile("amd-snp-hgx")
+    kbs = lab.node_of_profile("plain")
+    addr = lab.nodes[snp]["address"]
+    assert _failing(lab, tmp_path / "base") == set(), "the site must start converged"
+
+    # gpu: the GPUs lose their vfio-pci binding
+    vfio = "/etc/modprobe.d/ccfactory-vfio.conf"
+    lab.ssh(snp, f"mv {vfio} /root/vfio.conf.saved")
+    _reboot(lab, snp)
+    assert _failing(lab, tmp_path / "gpu") == {(addr, "gpu.vfio_bound")}
+    lab.ssh(snp, f"mv /root/vfio.conf.saved {vfio}")
+    _reboot(lab, snp)
+
+    # runtime: a Kata handler disappears from containerd
+    conf = "/etc/containerd/config.toml"
+    lab.ssh(snp, f"cp {conf} /root/containerd.saved && sed -i 's/runtimes.kata-qemu-snp\\([].]\\)/runtimes.kata-qemu-gone\\1/' {conf} && systemctl restart containerd")
+    assert _failing(lab, tmp_path / "runtime") == {(addr, "runtime.containerd_handlers")}
+    lab.ssh(snp, f"cp /root/containerd.saved {conf} && systemctl restart containerd")
+
+    # kbs: an allow-all resource policy
+    from ccfactory.config import load_node_config
+    from ccfactory.inventory import load_inventory
+    from ccfactory.kbs.client import KbsClient
+    from ccfactory.kbs.settings import kbs_settings
+
+    host = next(h for h in load_inventory(lab.inventory) if h.name == lab.nodes[kbs]["address"])
+    cfg = load_node_config(host.name, host.groups, host.data.dict())
+    settings = kbs_settings(cfg, host.data.dict())
+    client = KbsClient(settings.url, ca_cert=settings.pki_dir / "ca.crt", admin_key=settings.pki_dir / "admin.key", lab=True)
+    strict = client.get_resource_policy()
+    client.set_resource_policy("package policy\n\ndefault allow = true\n")
+    try:
+        failing = _failing(lab, tmp_path / "kbs")
+    finally:
+        client.set_resource_policy(strict)
+    assert failing == {(host.name, "kbs.health")}
+    report = json.loads((tmp_path / "kbs" / "readiness.json").read_text())
+    health = next(c for n in report["nodes"] for c in n["checks"] if c["check"] == "kbs.health")
+    assert health["hint"], "a failing check carries a hint"
+
+    # firmware: the BIOS goes back to factory settings (as after a CMOS reset)
+    from ccfactory.lab.bmc import state
+
+    state.reset(lab.dir, snp)
+    _reboot(lab, snp)
+    assert _failing(lab, tmp_path / "firmware") == {(addr, "firmware.bios_compliant"), (addr, "host.tee_active")}
