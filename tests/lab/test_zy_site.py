@@ -95,8 +95,9 @@ def _reboot(lab, name: str) -> None:
 
 def test_breaking_one_thing_per_stage_fails_its_check_with_a_hint(factory_lab, tmp_path):
     """After the converged site: break one thing per stage by hand; the matching check
-    fails, with its hint, and no other check does (except where one truly implies the
-    other: BIOS back to factory turns the TEE off, so host.tee_active fails with it)."""
+    fails, with its hint, and no other check does, except where one truly implies the
+    other: BIOS back to factory turns the TEE off (host.tee_active), and the end-to-end
+    attestation check needs the Kata handler and a strict KBS policy."""
     lab = factory_lab
     snp = lab.node_of_profile("amd-snp-hgx")
     kbs = lab.node_of_profile("plain")
@@ -114,7 +115,7 @@ def test_breaking_one_thing_per_stage_fails_its_check_with_a_hint(factory_lab, t
     # runtime: a Kata handler disappears from containerd
     conf = "/etc/containerd/config.toml"
     lab.ssh(snp, f"cp {conf} /root/containerd.saved && sed -i 's/runtimes.kata-qemu-snp\\([].]\\)/runtimes.kata-qemu-gone\\1/' {conf} && systemctl restart containerd")
-    assert _failing(lab, tmp_path / "runtime") == {(addr, "runtime.containerd_handlers")}
+    assert _failing(lab, tmp_path / "runtime") == {(addr, "runtime.containerd_handlers"), (addr, "attestation.end_to_end")}
     lab.ssh(snp, f"cp /root/containerd.saved {conf} && systemctl restart containerd")
 
     # kbs: an allow-all resource policy
@@ -133,7 +134,8 @@ def test_breaking_one_thing_per_stage_fails_its_check_with_a_hint(factory_lab, t
         failing = _failing(lab, tmp_path / "kbs")
     finally:
         client.set_resource_policy(strict)
-    assert failing == {(host.name, "kbs.health")}
+    workers = {n["address"] for n in lab.nodes.values() if n["profile"] != "plain"}
+    assert failing == {(host.name, "kbs.health")} | {(w, "attestation.end_to_end") for w in workers}
     report = json.loads((tmp_path / "kbs" / "readiness.json").read_text())
     health = next(c for n in report["nodes"] for c in n["checks"] if c["check"] == "kbs.health")
     assert health["hint"], "a failing check carries a hint"

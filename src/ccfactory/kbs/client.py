@@ -289,6 +289,19 @@ class KbsClient:
         if resp.status != 200:
             raise self._fail(resp, f"upload resource {path}")
 
+    def delete_resource(self, path: str) -> None:
+        """``DELETE /kbs/v0/resource/<path>`` (admin). Raises ``KbsHttpError`` when the KBS refuses.
+
+        The resource plugin of Trustee's main branch handles DELETE (admin-authenticated)
+        and PR #1374 (May 2026, before v0.21.0) already has ``delete_secret_resource`` in the
+        storage trait; that v0.21.0 itself routes DELETE was not read (docs/attestation.md).
+        Callers fall back to overwriting when the KBS refuses.
+        """
+        check_resource_path(path)
+        resp = self._admin("DELETE", f"/kbs/v0/resource/{path}")
+        if resp.status != 200:
+            raise self._fail(resp, f"delete resource {path}")
+
     def ensure_resource(self, path: str, source: str | os.PathLike, ledger: Ledger) -> bool:
         """Upload ``source`` as resource ``path`` unless the ledger shows the same content there."""
         check_resource_path(path)

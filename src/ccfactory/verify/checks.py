@@ -17,9 +17,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ccfactory.config import NodeConfig
 from ccfactory.verify.report import CheckResult
@@ -36,14 +36,29 @@ class Runner(Protocol):
     def __call__(self, command: str) -> CommandOutput: ...
 
 
+@dataclass(frozen=True)
+class FleetHost:
+    """Another host of the same inventory, as a check may read it (controller side only)."""
+
+    cfg: NodeConfig
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class CheckContext:
-    """What a check may use: the node's config and read-only commands on the node."""
+    """What a check may use: the node's config and read-only commands on the node.
+
+    ``fleet`` (optional) maps every host name of the inventory to its ``FleetHost``, for
+    checks that need another host's settings (the attestation check needs the KBS host's
+    controller-side keys). ``None`` when the caller did not provide it; such checks then
+    fail with a hint instead of guessing.
+    """
 
     cfg: NodeConfig
     run: Runner
     data: dict = field(default_factory=dict)  # the host's raw inventory data (stage-specific keys)
     cache: dict = field(default_factory=dict)
+    fleet: Mapping[str, FleetHost] | None = None
 
     def once(self, key: str, compute: Callable[[], object]):
         """Compute shared evidence (a parsed fact) once per node, for all checks."""
@@ -67,6 +82,31 @@ class CheckContext:
             return fact.process(lines) if lines else fact_cls.default()
 
         return self.once(f"fact:{fact_cls.__module__}.{fact_cls.__name__}", compute)
+
+
+def fleet_of(hosts: Iterable) -> dict[str, FleetHost]:
+    """``FleetHost`` of every pyinfra ``Host`` (e.g. ``state.inventory`` or ``host.inventory``).
+
+    Hosts whose data does not validate are left out (the inventory was validated before
+    any check runs; this only keeps one odd host from hiding the others). The result is
+    kept on a pyinfra ``Inventory`` object, so calling this once per host stays cheap.
+    """
+    from ccfactory.config import InventoryError, node_config
+
+    cached = getattr(hosts, "_ccfactory_fleet", None)
+    if cached is not None:
+        return cached
+    fleet: dict[str, FleetHost] = {}
+    for host in hosts:
+        try:
+            fleet[host.name] = FleetHost(cfg=node_config(host), data=host.data.dict())
+        except InventoryError:
+            continue
+    try:
+        hosts._ccfactory_fleet = fleet  # type: ignore[attr-defined]
+    except AttributeError:  # a list or other plain iterable: no cache
+        pass
+    return fleet
 
 
 @dataclass(frozen=True)

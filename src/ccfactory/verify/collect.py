@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pyinfra.api import StringCommand
 
-from ccfactory.verify.checks import CheckContext, CommandOutput, run_checks
+from ccfactory.verify.checks import CheckContext, CommandOutput, fleet_of, run_checks
 from ccfactory.verify.report import FleetReport, NodeReport, render_markdown
 
 DEFAULT_REPORT_DIR = "reports"
@@ -69,7 +69,10 @@ def record_node(state, host, cfg, stages: tuple[str, ...] | None = None) -> bool
                 why = "not reachable over SSH (see the connection error in the pyinfra output)"
             report.add(NodeReport(node=other.name, reachable=bool(other.connected), error=why))
         state._ccfactory_report = report
-    ctx = CheckContext(cfg=cfg, run=pyinfra_runner(host, sudo=bool(host.data.get("_sudo"))), data=host.data.dict())
+    ctx = CheckContext(
+        cfg=cfg, run=pyinfra_runner(host, sudo=bool(host.data.get("_sudo"))), data=host.data.dict(),
+        fleet=fleet_of(state.inventory),
+    )
     results = run_checks(ctx, stages)
     report.add(NodeReport(node=host.name, reachable=True, checks=results))
     _write(report, directory)

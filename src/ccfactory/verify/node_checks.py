@@ -275,3 +275,6 @@ def kbs_health(ctx: CheckContext) -> Outcome:
     if settings.lab_permissive:
         return fail(f"{auth}; {denial}", hint="remove kbs_lab_permissive: the policy must require TEE attestation")
     return ok(f"{auth}; {denial}", simulated=_lab(ctx, LAB_KBS))
+
+
+from ccfactory.verify import attestation  # noqa: E402,F401 - registers attestation.end_to_end

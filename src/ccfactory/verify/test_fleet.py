@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from ccfactory.verify import node_checks  # noqa: F401 - registers the checks
-from ccfactory.verify.checks import REGISTRY, CheckContext, CommandOutput, run_check
+from ccfactory.verify.checks import REGISTRY, CheckContext, CommandOutput, fleet_of, run_check
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def check_context(host, node_config, pyinfra_host):
         result = host.run(command)
         return CommandOutput(result.rc, result.stdout, result.stderr)
 
-    return CheckContext(cfg=node_config, run=run, data=pyinfra_host.data.dict())
+    return CheckContext(cfg=node_config, run=run, data=pyinfra_host.data.dict(), fleet=fleet_of(pyinfra_host.inventory))
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ built-in attestation service (``coco_as_builtin``):
 * ``GET /kbs/v0/resource/<repo>/<type>/<tag>`` with the session cookie or a bearer
   token: token checked against ``[attestation_token]``, then the resource policy, then
   the resource, returned as a JWE (RSA-OAEP-256/A256GCM) to the tee-pubkey;
-* admin endpoints (``POST resource/...``, ``GET|POST resource-policy``, ``POST
+* admin endpoints (``POST|DELETE resource/...``, ``GET|POST resource-policy``, ``POST
   attestation-policy``, ``GET|POST reference-value``) behind the configured
   ``[admin]`` mode; ``AuthenticatedAuthorization`` checks an EdDSA/ES256 JWT against the
   identity providers' PEM keys, issuer, audience, the ``role`` claim and the regex ACL;
@@ -177,6 +177,17 @@ class Storage:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(value)
             os.replace(tmp, path)
+
+    def delete(self, namespace: str, key: str) -> bool:
+        """Remove ``key``; False if it was not there."""
+        with self.lock:
+            if not self.root:
+                return self.memory.pop((namespace, key), None) is not None
+            try:
+                os.remove(self._file(namespace, key))
+            except FileNotFoundError:
+                return False
+            return True
 
 
 # ------------------------------------------------------------------ certificates
@@ -479,6 +490,15 @@ class Kbs:
         self.storage.set("repository", path, body)
         log("INFO", f"resource {path} registered ({len(body)} bytes)")
 
+    def delete_resource(self, path: str) -> None:
+        # Trustee's resource plugin: DELETE is admin-authenticated; the KV backend answers an
+        # error for an absent resource until trustee PR #1601 (after v0.21.0) made it idempotent
+        if not RESOURCE_PATH.match(path):
+            raise KbsError("PluginInternalError", "Plugin internal error: illegal ResourceDesc format.")
+        if not self.storage.delete("repository", path):
+            raise KbsError("PluginInternalError", f"Plugin internal error: resource not found: {path}")
+        log("INFO", f"resource {path} deleted")
+
     def register_reference_value(self, body: bytes) -> None:
         try:
             message = json.loads(body)
@@ -540,6 +560,10 @@ class Kbs:
             if method == "POST":
                 self.check_admin(endpoint, headers)
                 self.set_resource(sub, body)
+                return 200, {"Content-Type": "text/xml"}, b""
+            if method == "DELETE":
+                self.check_admin(endpoint, headers)
+                self.delete_resource(sub)
                 return 200, {"Content-Type": "text/xml"}, b""
             token = self._session_token(cookie) or _bearer(headers)
             return 200, json_type, self.get_resource(sub, token)
@@ -610,6 +634,9 @@ def make_handler(kbs: Kbs, max_body: int):
 
         def do_POST(self):  # noqa: N802 - stdlib name
             self._serve("POST")
+
+        def do_DELETE(self):  # noqa: N802 - stdlib name
+            self._serve("DELETE")
 
         def log_message(self, fmt, *args):  # noqa: ARG002 - stdlib signature
             log("INFO", f"{self.client_address[0]} \"{self.requestline}\" {args[1] if len(args) > 1 else ''}")
