@@ -115,6 +115,7 @@ def apply() -> None:
             src=io.StringIO(plan.marker_text(info.boot_id)),
             dest=REBOOT_MARKER,
             mode="0644",
+            **when,  # with the BIOS still off no reboot follows, so nothing is pending
             **SUDO,
         )
     # one call site per file: pyinfra orders operations by call site, and hosts differ in

@@ -74,6 +74,10 @@ def test_enabling_snp_through_redfish_turns_snp_on_in_the_node(lab):
     manager.up(lab_dir=lab.dir, inventory=lab.inventory, platform_source="bmc")
     node = lab.node_of_profile("amd-snp-hgx")
     vendor = lab.nodes[node]["bmc_vendor"]
+    reset_bios(lab.dir, node)  # factory BIOS, whatever an earlier session left
+    _system(lab, node).reset_system(sc.ResetType.FORCE_RESTART)
+    time.sleep(1)
+    lab.wait_ssh(node)
     assert lab.ssh(node, "cat /sys/module/kvm_amd/parameters/sev_snp").stdout.strip() == "N"
     apply_time = sushy.ApplyTime.ON_RESET if load_personality(vendor).paths.jobs else None
     try:

@@ -116,7 +116,12 @@ def changed_ops(result: dict) -> list[str]:
 
 
 def pki_dir(home: Path, lab) -> Path:
-    return home / "sites" / lab.nodes[KBS_NODE]["address"] / "pki"
+    # the lab inventory names the KBS host's PKI dir; else the default under CCFACTORY_HOME
+    from ccfactory.inventory import load_inventory
+
+    address = lab.nodes[KBS_NODE]["address"]
+    configured = next((h.data.get("kbs_pki_dir") for h in load_inventory(lab.inventory) if h.name == address), None)
+    return Path(configured) if configured else home / "sites" / address / "pki"
 
 
 def client(site, **kw) -> KbsClient:
