@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ccfactory.gpus import gpu_model_by_name, gpu_models
 
@@ -257,6 +257,16 @@ class HostData(_Strict):
         "lab",
     )
     lab_dir: str | None = _opt(None, "Directory of the lab this host belongs to.", "lab")
+
+    @field_validator("bios_overrides", mode="before")
+    @classmethod
+    def _no_bool_bios_values(cls, value: Any) -> Any:
+        # pydantic's lax mode would turn True into 1 (an ASID limit of 1) without a word
+        if isinstance(value, Mapping):
+            bad = sorted(str(k) for k, v in value.items() if isinstance(v, bool))
+            if bad:
+                raise ValueError(f"{', '.join(bad)}: a bool is not a BIOS value; give the BIOS value, e.g. 'Enabled' or 100")
+        return value
 
 
 # Fix hints shown with an error on a field, when the error itself does not say.
@@ -626,7 +636,10 @@ def _bios_problems(host: str, data: HostData, tee: str) -> list[Problem]:
     """The vendor must have a BIOS profile and the overrides must name its settings."""
     from ccfactory.firmware import FirmwareError, bios_profile_for, known_vendors
 
-    dirs = [str(Path(d).expanduser()) for d in data.bios_profile_dirs]
+    unknown_home = [d for d in data.bios_profile_dirs if _expand(d) is None]
+    if unknown_home:
+        return [Problem(host, "bios_profile_dirs", f"'~' names no user on this controller: {', '.join(unknown_home)}", "fix the path")]
+    dirs = [str(_expand(d)) for d in data.bios_profile_dirs]
     missing = [d for d in dirs if not Path(d).is_dir()]
     if missing:
         return [Problem(host, "bios_profile_dirs", f"not a directory: {', '.join(missing)}", "fix the path")]
@@ -651,12 +664,59 @@ def _file_problems(host: str, data: HostData) -> list[Problem]:
     """Controller-side files named by the inventory must exist."""
     problems = []
     # kbs_ca_cert is not checked here: the kbs stage creates it on its first run
-    for key in ("bmc_ca_bundle",):
+    for key in ("bmc_ca_bundle", "bmc_password_file"):
         value = getattr(data, key)
-        if value and not Path(value).expanduser().is_file():
-            problems.append(Problem(host, key, f"file {value} does not exist on the controller", "fix the path"))
-    if data.artifact_source == "local" and data.artifact_dir and not Path(data.artifact_dir).expanduser().is_dir():
-        problems.append(Problem(host, "artifact_dir", f"directory {data.artifact_dir} does not exist", "fix the path"))
+        if value and _expand(value) is None:
+            problems.append(Problem(host, key, f"{value}: '~' names no user on this controller", "fix the path"))
+    value = data.bmc_ca_bundle
+    if value and _expand(value) is not None and not _expand(value).is_file():
+        problems.append(Problem(host, "bmc_ca_bundle", f"file {value} does not exist on the controller", "fix the path"))
+    if data.artifact_source == "local" and data.artifact_dir:
+        directory = _expand(data.artifact_dir)
+        if directory is None or not directory.is_dir():
+            problems.append(Problem(host, "artifact_dir", f"directory {data.artifact_dir} does not exist", "fix the path"))
+    return problems
+
+
+def _expand(value: str) -> Path | None:
+    """``value`` with ``~`` expanded, or None when ``~user`` names no user of this controller
+    (``Path.expanduser`` raises RuntimeError, which must not crash validation)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        return None
+
+
+def _site_file_problems(host: str, groups: tuple[str, ...], data: HostData, reported: set[str]) -> list[Problem]:
+    """Site files the deploy reads on the controller, checked before any connection: a KBS
+    host's resources, policies and keys (``ccfactory.kbs.settings``), a lab host's BOM overlay."""
+    problems: list[Problem] = []
+    if "kbs" in groups and "kbs_url" not in reported:  # a bad kbs_url is reported already
+        from types import SimpleNamespace
+
+        from ccfactory.kbs.errors import KbsSettingsError
+        from ccfactory.kbs.settings import kbs_settings
+
+        view = SimpleNamespace(name=host, lab=data.lab, kbs=KbsConfig(url=data.kbs_url, ca_cert=data.kbs_ca_cert))
+        try:
+            kbs_settings(view, data.model_dump())
+        except KbsSettingsError as exc:
+            for line in str(exc).splitlines()[1:]:
+                text = line.strip().removeprefix("- ").removeprefix(f"{host}: ")
+                field, _, rest = text.partition(": ")
+                message, _, fix = rest.partition("; fix: ")
+                if field not in reported | {"kbs_url", "kbs_lab_permissive"}:  # _cross_field_problems' own
+                    problems.append(Problem(host, field, message, fix))
+    if data.lab and data.lab_dir:
+        from ccfactory.bom import BomError, bom_for
+
+        try:
+            bom_for(True, data.lab_dir)
+        except BomError as exc:
+            problems += [
+                Problem(host, "lab_dir", f"lab BOM overlay: {line}", "re-run `ccfactory lab up` (it rewrites the overlay)")
+                for line in str(exc).splitlines()
+            ]
     return problems
 
 
@@ -682,6 +742,8 @@ def load_node_config(
     problems += [p for p in cross if p.field not in {q.field.split(".")[0] for q in problems}]
     if check_files:
         problems += _file_problems(name, host_data)
+        reported = {p.field.split(".")[0] for p in problems}
+        problems += [p for p in _site_file_problems(name, groups, host_data, reported) if p.field not in reported]
     if problems:
         raise InventoryError(problems)
     d = host_data

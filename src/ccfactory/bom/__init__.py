@@ -104,6 +104,9 @@ def parse_bom(text: str, origin: str = "bom.toml", *, lab_overlay: bool = False)
     entries = raw.get("artifact", [])
     problems = []
     artifacts = []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        problems.append(f"{origin}: artifact: must be a list of [[artifact]] tables")
+        entries = []
     for index, entry in enumerate(entries):
         label = entry.get("name", f"artifact #{index + 1}")
         try:
@@ -117,10 +120,23 @@ def parse_bom(text: str, origin: str = "bom.toml", *, lab_overlay: bool = False)
     problems += [f"{origin}: {n}: listed twice" for n in sorted({n for n in names if names.count(n) > 1})]
     unknown = set(raw) - {"schema_version", "artifact", "pending"}
     problems += [f"{origin}: {key}: unknown top-level key" for key in sorted(unknown)]
+    pending = []
+    raw_pending = raw.get("pending", [])
+    if not isinstance(raw_pending, list) or not all(isinstance(p, dict) for p in raw_pending):
+        problems.append(f"{origin}: pending: must be a list of [[pending]] tables")
+        raw_pending = []
+    for index, entry in enumerate(raw_pending):
+        try:
+            pending.append(PendingArtifact.model_validate(entry))
+        except ValidationError as exc:
+            label = entry.get("name", f"pending #{index + 1}")
+            problems += [f"{origin}: pending {label}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    version = raw.get("schema_version", 1)
+    if type(version) is not int:
+        problems.append(f"{origin}: schema_version: must be an integer, got {version!r}")
     if problems:
         raise BomError("\n".join(problems))
-    pending = tuple(PendingArtifact(**p) for p in raw.get("pending", []))
-    return Bom(schema_version=raw.get("schema_version", 1), artifacts=tuple(artifacts), pending=pending)
+    return Bom(schema_version=version, artifacts=tuple(artifacts), pending=tuple(pending))
 
 
 @cache

@@ -91,7 +91,11 @@ class KbsSettings:
 def _readable_file(value: Any, key: str, host: str, problems: list[str]) -> Path | None:
     if value in (None, ""):
         return None
-    path = Path(str(value)).expanduser()
+    try:
+        path = Path(str(value)).expanduser()
+    except RuntimeError:  # ~user that does not exist here
+        problems.append(f"{host}: {key}: {value}: '~' names no user on the controller; fix the path")
+        return None
     if not path.is_file():
         problems.append(f"{host}: {key}: file {path} does not exist on the controller; fix the path")
         return None
