@@ -214,8 +214,12 @@ def _materialize(files: dict, root: Path) -> None:
 def _run_fact(command: str, tmp: Path) -> list[str]:
     fake_bin = tmp / "bin"  # dmesg fails, as inside a lab node: the lab's kernel log is read
     fake_bin.mkdir(exist_ok=True)
-    (fake_bin / "dmesg").write_text("#!/bin/sh\nexit 1\n")
-    (fake_bin / "dmesg").chmod(0o755)
+    dmesg = fake_bin / "dmesg"
+    if not dmesg.exists():  # written once: rewriting it while another call runs it gives "Text file busy"
+        tmp_file = fake_bin / f".dmesg.{os.getpid()}"
+        tmp_file.write_text("#!/bin/sh\nexit 1\n")
+        tmp_file.chmod(0o755)
+        tmp_file.replace(dmesg)
     env = dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}")
     return subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env, check=True).stdout.splitlines()
 

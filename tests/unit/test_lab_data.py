@@ -54,14 +54,14 @@ def test_unknown_profile_lists_known_ones(name):
 
 DEB822 = """\
 Types: deb
-# http://snapshot.debian.org/archive/debian/20250520T000000Z
-URIs: http://deb.debian.org/debian
+# http://snapshot.example.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example.org/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb deb-src
-URIs: http://deb.debian.org/debian-security
+URIs: http://mirror.example.org/debian-security
 Suites: bookworm-security
 Components: main contrib
 
@@ -81,9 +81,9 @@ Components: main
 def test_deb822_and_suite_filter():
     srcs = sources_for_suite(parse_deb822(DEB822), "bookworm")
     assert [s.one_line() for s in srcs] == [
-        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main",
-        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main",
-        "deb http://deb.debian.org/debian-security bookworm-security main contrib",
+        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example.org/debian bookworm main",
+        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example.org/debian bookworm-updates main",
+        "deb http://mirror.example.org/debian-security bookworm-security main contrib",
     ]
 
 
@@ -107,7 +107,7 @@ def test_apt_proxy_config_has_no_remapping_and_narrow_passthrough():
     conf = render_config(Path("/lab/acng"), parse_deb822(DEB822))
     assert "Remap" not in conf
     assert "BindAddress: 10.199.0.1" in conf
-    assert "deb\\.debian\\.org" in conf and ".*" not in conf
+    assert "mirror\\.example\\.org" in conf and ".*" not in conf
 
 
 # ------------------------------------------------------------------ GPU state
