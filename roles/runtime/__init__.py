@@ -230,12 +230,14 @@ def apply(
                     daemon_reload=choice.action == "bom", **SUDO)
 
     # --- Kata
+    archive = f"{ARTIFACT_DIR}/{kata_artifact.filename}"
     if install_kata:
-        archive = f"{ARTIFACT_DIR}/{kata_artifact.filename}"
         files.put(name="Push kata-static", src=kata_local, dest=archive, mode="0644", **SUDO)
         kata_ops.installed(name=f"kata-static {kata_artifact.version} in /opt/kata", archive=archive,
                            sha256=kata_artifact.sha256, version=kata_artifact.version, drain=drain, **SUDO)
-        files.file(name="Remove the pushed kata-static tarball", path=archive, present=False, **SUDO)
+    # also when Kata is in place already: a run cut off after the install (the node finished it,
+    # the controller never heard) leaves the pushed tarball behind
+    files.file(name="Remove the pushed kata-static tarball", path=archive, present=False, **SUDO)
     for shim in selected:
         files.link(name=f"Shim link for {spec.handler_name(shim)}", path=spec.shim_link(shim), target=spec.SHIM_BINARY, **SUDO)
     for link in containerd.shim_links:

@@ -27,6 +27,39 @@ STAGES = {
 }
 
 
+def _lost_connection_fails_only_its_host() -> None:
+    """A node whose SSH connection dies mid-run must fail alone (design: "SSH dropped mid-run").
+
+    paramiko raises ``EOFError`` when a command or fact is started on a transport that has
+    died (sshd killed, network gone while the node was idle); pyinfra 3.10 treats only
+    ``OSError``/``SSHException``/``TimeoutError`` as connection errors, so the ``EOFError``
+    escapes, kills the run's greenlet and aborts every host ("An internal exception occurred").
+    Raised as ``SSHException`` instead, pyinfra fails that host and carries on with the rest.
+    """
+    import functools
+
+    from paramiko.ssh_exception import SSHException
+    from pyinfra.connectors.ssh import SSHConnector
+
+    for name in ("run_shell_command", "put_file", "get_file"):
+        original = getattr(SSHConnector, name)
+        if getattr(original, "_ccfactory_eof", False):
+            continue
+
+        @functools.wraps(original)
+        def wrapper(self, *args, _original=original, **kwargs):
+            try:
+                return _original(self, *args, **kwargs)
+            except EOFError as exc:
+                raise SSHException(f"SSH connection lost ({type(exc).__name__})") from exc
+
+        wrapper._ccfactory_eof = True
+        setattr(SSHConnector, name, wrapper)
+
+
+_lost_connection_fails_only_its_host()
+
+
 def run_stages(stages: list[str]) -> None:
     """Run the given stages on the current host, after validating every host once.
 
