@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shlex
 import subprocess
@@ -47,9 +46,10 @@ from ccfactory.lab.bmc.state import StateStore, platform_features_for
 from ccfactory.lab.bmc.testing import make_bmc
 from ccfactory.lab.bootconfig import BootConfig
 from ccfactory.lab.hwprofile import load_profile
-from ccfactory.lab.render import CharDevice, Directory, RenderInput, Symlink, render
+from ccfactory.lab.render import RenderInput, render
 from ccfactory.operations import firmware as firmware_ops
 from ccfactory.operations import reboot
+from support import materialize, run_fact_command
 
 WSGIRequestHandler.log_request = lambda *a, **k: None  # type: ignore[method-assign]  # quiet server
 
@@ -188,40 +188,12 @@ class Node:
         files = render(RenderInput(self.name, profile, self.features(), BootConfig(cmdline)))
         root = self.render_root
         subprocess.run(["rm", "-rf", str(root)], check=True)
-        _materialize(files, root)
-        return TeeHostStatus().process(_run_fact(tee_command(str(root)), root.parent))
+        materialize(files, root)
+        return TeeHostStatus().process(run_fact_command(tee_command(str(root)), root.parent))
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def _materialize(files: dict, root: Path) -> None:
-    for path, content in files.items():
-        dest = root / path.lstrip("/")
-        if isinstance(content, Directory):
-            dest.mkdir(parents=True, exist_ok=True)
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, Symlink):
-            dest.symlink_to(content.target)
-        elif isinstance(content, CharDevice):
-            dest.write_text("")
-        else:
-            dest.write_bytes(content.encode() if isinstance(content, str) else content)
-
-
-def _run_fact(command: str, tmp: Path) -> list[str]:
-    fake_bin = tmp / "bin"  # dmesg fails, as inside a lab node: the lab's kernel log is read
-    fake_bin.mkdir(exist_ok=True)
-    dmesg = fake_bin / "dmesg"
-    if not dmesg.exists():  # written once: rewriting it while another call runs it gives "Text file busy"
-        tmp_file = fake_bin / f".dmesg.{os.getpid()}"
-        tmp_file.write_text("#!/bin/sh\nexit 1\n")
-        tmp_file.chmod(0o755)
-        tmp_file.replace(dmesg)
-    env = dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}")
-    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env, check=True).stdout.splitlines()
 
 
 class _Capture(logging.Handler):

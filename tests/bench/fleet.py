@@ -22,13 +22,14 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from support import materialize, run_fact_command  # tests/ is on sys.path (run.py puts it there)
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SUMMARY = re.compile(
@@ -78,11 +79,6 @@ class _SimulatedNode:
     def __init__(self, lab_dir: Path, node: str, tee: str, work: Path):
         self.lab_dir, self.node, self.tee, self.work = lab_dir, node, tee, work
         self.marker: list[str] | None = None
-        self.fake_bin = work / "bin"  # no kernel log access, as inside a lab node (made once, shared)
-        if not (self.fake_bin / "dmesg").exists():
-            self.fake_bin.mkdir(parents=True, exist_ok=True)
-            (self.fake_bin / "dmesg").write_text("#!/bin/sh\nexit 1\n")
-            (self.fake_bin / "dmesg").chmod(0o755)
 
     def get_fact(self, cls: Any, *args: Any, **kwargs: Any) -> Any:
         from pyinfra.facts.files import FileContents
@@ -119,28 +115,15 @@ class _SimulatedNode:
         from ccfactory.lab.bmc.state import platform_features_for
         from ccfactory.lab.bootconfig import BootConfig
         from ccfactory.lab.hwprofile import load_profile
-        from ccfactory.lab.render import CharDevice, Directory, RenderInput, Symlink, render
+        from ccfactory.lab.render import RenderInput, render
 
         profile = load_profile(HW_PROFILE[self.tee])
         features = platform_features_for(self.lab_dir, self.node)
         files = render(RenderInput(self.node, profile, features, BootConfig(profile.kernel["cmdline"] + KERNEL_SIDE[self.tee])))
         root = self.work / self.node
         shutil.rmtree(root, ignore_errors=True)
-        for path, content in files.items():
-            dest = root / path.lstrip("/")
-            if isinstance(content, Directory):
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Symlink):
-                dest.symlink_to(content.target)
-            elif isinstance(content, CharDevice):
-                dest.write_text("")
-            else:
-                dest.write_bytes(content.encode() if isinstance(content, str) else content)
-        env = dict(os.environ, PATH=f"{self.fake_bin}:{os.environ['PATH']}")
-        out = subprocess.run(["sh", "-c", tee_command(str(root))], capture_output=True, text=True, env=env, check=True)
-        return TeeHostStatus().process(out.stdout.splitlines())
+        materialize(files, root)
+        return TeeHostStatus().process(run_fact_command(tee_command(str(root)), self.work))
 
 
 def _run_role(lab_dir: Path, hosts: list[tuple[str, dict]], groups: dict[str, list[str]], nodes: dict[str, _SimulatedNode]):

@@ -46,6 +46,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parents[1]
 sys.path.insert(0, str(BENCH))
+sys.path.insert(1, str(BENCH.parent))  # tests/support.py
 
 from fleet import FleetResult, run_fleet  # noqa: E402
 

@@ -3,48 +3,18 @@ facts read back as a real host's state (SNP/TDX active or not, GPUs on vfio-pci)
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from ccfactory.lab.bootconfig import BootConfig, parse_modprobe
 from ccfactory.lab.hwprofile import load_profile
 from ccfactory.lab.platform import PlatformFeatures
-from ccfactory.lab.render import CharDevice, Directory, RenderInput, Symlink, render
+from ccfactory.lab.render import RenderInput, render
+from support import materialize, run_fact_command
 
 facts_tee = pytest.importorskip("ccfactory.facts.tee")
 facts_gpu = pytest.importorskip("ccfactory.facts.gpu")
 facts_kernel = pytest.importorskip("ccfactory.facts.kernel")
 sections = pytest.importorskip("ccfactory.parsers.sections")
-
-
-def materialize(files: dict, root: Path) -> None:
-    """Lay the rendered paths out under ``root`` as plain files (devices become empty files)."""
-    for path, content in files.items():
-        dest = root / path.lstrip("/")
-        if isinstance(content, Directory):
-            dest.mkdir(parents=True, exist_ok=True)
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, Symlink):
-            dest.symlink_to(content.target)
-        elif isinstance(content, CharDevice):
-            dest.write_text("")
-        else:
-            dest.write_bytes(content.encode() if isinstance(content, str) else content)
-
-
-def run_fact(command: str, tmp_path: Path) -> list[str]:
-    # the host's own dmesg must fail, as it does inside a lab node
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir(exist_ok=True)
-    (fake_bin / "dmesg").write_text("#!/bin/sh\necho 'dmesg: read kernel buffer failed: Operation not permitted' >&2\nexit 1\n")
-    (fake_bin / "dmesg").chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}")
-    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env, check=True).stdout
-    return out.splitlines()
 
 
 AMD = load_profile("amd-snp-hgx")
@@ -55,7 +25,7 @@ SNP_ON = PlatformFeatures(smee=True, snp=True, rmp_coverage=True, sev_es_asid_li
 def test_snp_fact_reads_the_rendered_host(tmp_path, extra, active):
     root = tmp_path / "root"
     materialize(render(RenderInput("n", AMD, SNP_ON, BootConfig(AMD.kernel["cmdline"] + extra))), root)
-    out = run_fact(facts_tee.tee_command(str(root)), tmp_path)
+    out = run_fact_command(facts_tee.tee_command(str(root)), tmp_path)
     snp = facts_tee.TeeHostStatus().process(out).snp
     assert snp.sev_snp is active
     assert snp.dev_sev
@@ -68,7 +38,7 @@ def test_tdx_fact_reads_the_rendered_host(tmp_path):
     on = PlatformFeatures(tme=True, tme_mt=True, tdx=True, seam_loader=True, tdx_key_split=1)
     root = tmp_path / "root"
     materialize(render(RenderInput("n", p, on, BootConfig(p.kernel["cmdline"] + " kvm_intel.tdx=1"))), root)
-    tdx = facts_tee.TeeHostStatus().process(run_fact(facts_tee.tee_command(str(root)), tmp_path)).tdx
+    tdx = facts_tee.TeeHostStatus().process(run_fact_command(facts_tee.tee_command(str(root)), tmp_path)).tdx
     assert tdx.tdx and tdx.module_initialized
 
 
@@ -76,8 +46,8 @@ def test_gpu_and_iommu_facts_read_the_rendered_pci_tree(tmp_path):
     boot = BootConfig(AMD.kernel["cmdline"], parse_modprobe(["options vfio-pci ids=10de:2330,10de:22a3"]))
     root = tmp_path / "root"
     materialize(render(RenderInput("n", AMD, SNP_ON, boot)), root)
-    devs = facts_gpu.NvidiaGpus().process(run_fact(facts_gpu.nvidia_gpus_command(str(root)), tmp_path))
+    devs = facts_gpu.NvidiaGpus().process(run_fact_command(facts_gpu.nvidia_gpus_command(str(root)), tmp_path))
     assert devs.models() == {"H100"}
     assert devs.drivers() == {"vfio-pci"}
-    groups = facts_kernel.IommuGroups().process(run_fact(facts_kernel.iommu_groups_command(str(root)), tmp_path))
+    groups = facts_kernel.IommuGroups().process(run_fact_command(facts_kernel.iommu_groups_command(str(root)), tmp_path))
     assert groups.enabled and not groups.passthrough

@@ -21,31 +21,17 @@ from ccfactory.facts.tee import TeeHostStatus, tee_command
 from ccfactory.lab.bootconfig import read_boot_config
 from ccfactory.lab.hwprofile import load_profile
 from ccfactory.lab.platform import PlatformFeatures
-from ccfactory.lab.render import CharDevice, Directory, RenderInput, Symlink, render
+from ccfactory.lab.render import RenderInput, render
 from ccfactory.lab.rootfs import DEFAULT_GRUB
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootConfig, host_boot_files_command
 from ccfactory.roles.host.plan import plan_host
+from support import materialize
 
 SNP_ON = PlatformFeatures(smee=True, snp=True, rmp_coverage=True, sev_es_asid_limit=100)
 TDX_ON = PlatformFeatures(tme=True, tme_mt=True, tdx=True, seam_loader=True, tdx_key_split=1, sgx=True, limit_pa_46bit=False)
 BIOS_OFF = PlatformFeatures()
 PROFILES = {"snp": "amd-snp-hgx", "tdx": "intel-tdx"}
 RENDERED_ROOTS = ("proc", "sys", "dev", "var/log/ccfactory-lab")
-
-
-def _materialize(files: dict, root: Path) -> None:
-    for path, content in files.items():
-        dest = root / path.lstrip("/")
-        if isinstance(content, Directory):
-            dest.mkdir(parents=True, exist_ok=True)
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, Symlink):
-            dest.symlink_to(content.target)
-        elif isinstance(content, CharDevice):
-            dest.write_text("")
-        else:
-            dest.write_bytes(content.encode() if isinstance(content, str) else content)
 
 
 class SimNode:
@@ -115,7 +101,7 @@ class SimNode:
         for rel in RENDERED_ROOTS:
             shutil.rmtree(self.root / rel, ignore_errors=True)
         boot = read_boot_config(self.root, self.profile.kernel["cmdline"])
-        _materialize(render(RenderInput("sim", self.profile, self.features, boot)), self.root)
+        materialize(render(RenderInput("sim", self.profile, self.features, boot)), self.root)
         self.boots += 1
 
     def run(self, command: str) -> list[str]:
