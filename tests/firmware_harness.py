@@ -235,6 +235,7 @@ class Harness:
         self.nodes: dict[str, Node] = {}
         self.on_reboot: Any = None  # callable(node, reboots so far) run while a host "boots"
         self.reboots: dict[str, int] = {}
+        self.escalations: dict[str, int] = {}  # node -> escalated reboots (ForceRestart after an ignored graceful one)
         monkeypatch.setattr(firmware_ops, "CLIENT_FACTORY", lambda bmc, name: self.node(name).client(bmc, name))
 
     def node(self, host_name: str) -> Node:
@@ -277,6 +278,14 @@ class Harness:
             if self.on_reboot:
                 self.on_reboot(node, self.reboots[node.name])
             gevent.sleep(0.05)
+            escalation = kw.get("escalation")
+            if node.facts(BootId) == old_boot_id and escalation is not None:
+                # still up on the old boot: the real mechanism escalates after the grace period
+                done = escalation.action(target_host)
+                if done:
+                    self.escalations[node.name] = self.escalations.get(node.name, 0) + 1
+                    target_host.log_styled(f"still running the old boot: {done} ({reason})",
+                                           log_func=logging.getLogger("pyinfra").warning)
             rebooting["now"] -= 1
             if node.facts(BootId) != old_boot_id:
                 return True

@@ -8,8 +8,10 @@ For every host with a TEE (``snp``/``tdx``) and a BMC (``bmc_*``), on the contro
 2. One operation per possible pass (``ccfactory.operations.firmware.bios_stage``): read the
    BMC, PATCH only the first stage not applied, reset through the BMC with the shared
    reboot mechanism (rolling: at most ``reboot_batch_size`` hosts at once; wait for the BMC,
-   then for a new boot id over SSH, ``reboot_timeout`` each), verify the stage reads back
-   applied, and on to the next pass. A compliant node: no PATCH, no job, no reboot.
+   then for a new boot id over SSH, ``reboot_timeout`` each; a node still answering on its
+   old boot ``reboot_graceful_timeout`` after a GracefulRestart is reset with ForceRestart),
+   verify the stage reads back applied, and on to the next pass. A compliant node: no
+   PATCH, no job, no reboot.
 3. ``tee_verified``: ``TeeHostStatus`` over SSH shows the BIOS side of the TEE on (the
    checks only a BIOS fixes); the kernel side is the host stage's, reported as such.
 

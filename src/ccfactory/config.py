@@ -45,6 +45,7 @@ GPU_GROUP = "gpu"
 KNOWN_BMC_VENDORS = ("dell", "hpe", "lenovo", "supermicro", "generic")
 
 DEFAULT_REBOOT_TIMEOUT = 1800  # bare-metal GPU servers take 10-30 minutes to POST
+DEFAULT_GRACEFUL_TIMEOUT = 300  # an OS that honours ACPI has stopped sshd well before this
 DEFAULT_ARTIFACT_CACHE = "~/.cache/ccfactory/artifacts"
 
 # Keys that hold secrets must never carry the secret itself: only a reference.
@@ -234,6 +235,15 @@ class HostData(_Strict):
         ge=30,
         le=14400,
     )
+    reboot_graceful_timeout: int | None = _opt(
+        None,
+        "Seconds a host may keep running its old boot after the BMC's GracefulRestart (an OS that ignores "
+        "the ACPI request) before ccfactory resets it again with ForceRestart. Below `reboot_timeout`; "
+        "unset: 300, or half of `reboot_timeout` if that is less.",
+        "reboot",
+        ge=1,
+        le=14400,
+    )
     # --- artifacts
     artifact_source: ArtifactSourceKind = _opt(
         "upstream",
@@ -391,6 +401,7 @@ class RuntimeConfig(_Strict):
 class RebootPolicy(_Strict):
     batch_size: int = 1
     timeout: int = DEFAULT_REBOOT_TIMEOUT
+    graceful_timeout: int = DEFAULT_GRACEFUL_TIMEOUT
 
 
 class ArtifactSource(_Strict):
@@ -533,6 +544,11 @@ def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) ->
         tee = data.tee
     else:
         tee = data.tee or (tee_groups[0] if tee_groups else "none")  # type: ignore[assignment]
+    if data.reboot_graceful_timeout is not None and data.reboot_graceful_timeout >= data.reboot_timeout:
+        add(Problem(host, "reboot_graceful_timeout",
+                    f"{data.reboot_graceful_timeout}s is not below reboot_timeout ({data.reboot_timeout}s): a host that "
+                    "ignores a GracefulRestart would fail before it is force-restarted",
+                    "set it below reboot_timeout, or leave it unset"))
     if "workers" in groups and tee == "none":
         add(Problem(host, "tee", "a worker needs a TEE", "put the host in the snp or tdx group, or set tee"))
 
@@ -790,7 +806,11 @@ def load_node_config(
             coco_resource_uris=tuple(d.coco_resource_uris),
             health_timeout=d.runtime_health_timeout,
         ),
-        reboot=RebootPolicy(batch_size=d.reboot_batch_size, timeout=d.reboot_timeout),
+        reboot=RebootPolicy(
+            batch_size=d.reboot_batch_size,
+            timeout=d.reboot_timeout,
+            graceful_timeout=d.reboot_graceful_timeout or min(DEFAULT_GRACEFUL_TIMEOUT, d.reboot_timeout // 2),
+        ),
         artifacts=ArtifactSource(
             kind=d.artifact_source,
             mirror_url=d.artifact_mirror_url,

@@ -1,6 +1,6 @@
 """BMC faults during the firmware stage, on in-process lab BMCs (no root needed): 5xx then
 recovery, a BMC that never answers, a configuration job that fails, a value the BIOS reverts at
-the reset, a reset that never completes. The faulty host fails alone with the reason; the
+the reset, a reset that never completes, a GracefulRestart the OS ignores. The faulty host fails alone with the reason; the
 others converge; nothing loops. (The same faults against the real lab: tests/lab/test_firmware_stage.py.)"""
 
 from __future__ import annotations
@@ -120,3 +120,23 @@ def test_a_reset_that_never_completes_fails_its_host_after_the_timeout(harness, 
     else:  # POST hangs with the power on: the node never comes back over SSH
         assert "did not come back within 30s after reboot" in text
     assert other.tee_on() and node.resets() == 1
+
+
+def test_a_graceful_restart_the_os_ignores_is_escalated_to_force_restart(harness):
+    deaf = harness.add("node1", "dell", "snp")  # Dell: the BIOS job runs at the reset, so a missed reset is visible
+    other = harness.add("node2", "hpe", "tdx")
+    fault(deaf, ignore_graceful=True)
+    result = harness.run()
+    assert result.failed == set(), result.log
+    assert deaf.tee_on() and other.tee_on()
+    passes = result.passes["node1"]
+    assert harness.escalations == {"node1": passes}, "every pass of the deaf host escalated, the other host none"
+    kinds = [e.get("reset") for e in deaf.state().events if e["kind"] == "graceful_ignored"]
+    assert kinds == ["GracefulRestart"] * passes  # each pass tried the graceful restart first
+    text = result.host_log("node1")
+    assert "ForceRestart through the BMC" in text
+    assert f"{passes} GracefulRestart(s) ignored, force-restarted" in text
+    assert "force-restarted" not in result.host_log("node2")
+    assert deaf.resets() == 2 * passes and other.resets() == result.passes["node2"]
+    again = harness.run()  # converged: no reset at all, graceful or forced
+    assert again.failed == set() and deaf.resets() == 2 * passes and harness.escalations == {"node1": passes}

@@ -344,3 +344,30 @@ def test_faults_fail_their_host_alone_with_the_reason_and_the_others_finish(fw, 
         assert bmc1[node] == bmc0[node]
     for n, f in sorted(fw.summaries(out).items()):
         print(f"  {n} {fw.combo[n]}: {f}")
+
+
+def test_a_graceful_restart_the_os_ignores_is_force_restarted_after_the_grace_period(fw):
+    """The BMC accepts GracefulRestart but the node's OS ignores the ACPI request (fault
+    ``ignore_graceful``): the node keeps answering SSH with its old boot id; after
+    ``reboot_graceful_timeout`` the stage resets it again with ForceRestart and converges."""
+    node = {c: n for n, c in fw.combo.items()}[("hpe", "snp")]
+    fw.factory([node])
+    set_faults(fw.lab.dir, node, ignore_graceful=True)
+    boots0, events0 = fw.node_boots()[node], len(StateStore(fw.lab.dir, node).load().events)
+    try:
+        rc, result, out, took = fw.run("-y", "--data", "reboot_graceful_timeout=3", nodes=[node])
+    finally:
+        clear_faults(fw.lab.dir, node)
+    log = host_lines(out, fw.address[node])
+    print(f"\nignored GracefulRestart, escalated: {took:.1f} s; {fw.summaries(out).get(node)}")
+    assert rc == 0, out[-6000:]
+    passes = changed_passes(result, fw.by_address)[node]
+    assert passes == EXPECTED_PASSES[("hpe", "snp")], log
+    events = StateStore(fw.lab.dir, node).load().events[events0:]
+    assert [e["reset"] for e in events if e["kind"] == "graceful_ignored"] == ["GracefulRestart"] * passes
+    assert log.count("ForceRestart through the BMC") == passes, log
+    assert f"{passes} GracefulRestart(s) ignored, force-restarted" in log
+    assert fw.node_boots()[node] - boots0 == passes, "one real boot per pass: the forced one"
+    assert fw.tee_param(node) == "Y"
+    rc, result, out, _ = fw.run("-y", nodes=[node])
+    assert rc == 0 and changed_passes(result, fw.by_address)[node] == 0

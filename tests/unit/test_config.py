@@ -33,6 +33,15 @@ def test_good_worker_config():
     assert cfg.reboot.timeout == 1800
 
 
+@pytest.mark.parametrize(
+    "data, graceful",
+    [({}, 300), ({"reboot_timeout": 120}, 60), ({"reboot_timeout": 120, "reboot_graceful_timeout": 90}, 90)],
+)
+def test_graceful_reboot_grace_defaults_below_the_reboot_timeout(data, graceful):
+    cfg = load_node_config("w1", WORKER, {**GOOD, **data}, check_files=False)
+    assert cfg.reboot.graceful_timeout == graceful < cfg.reboot.timeout
+
+
 def test_config_is_frozen():
     cfg = load_node_config("w1", WORKER, GOOD, check_files=False)
     with pytest.raises(Exception):
@@ -78,6 +87,8 @@ def test_connector_and_global_keys_are_pyinfra_s():
         ({**GOOD, "artifact_source": "ftp"}, WORKER, "w1: artifact_source: Input should be 'upstream', 'mirror' or 'local'"),
         ({**GOOD, "reboot_timeout": 5}, WORKER, "w1: reboot_timeout: Input should be greater than or equal to 30"),
         ({**GOOD, "reboot_batch_size": 0}, WORKER, "w1: reboot_batch_size: Input should be greater than or equal to 1"),
+        ({**GOOD, "reboot_timeout": 600, "reboot_graceful_timeout": 600}, WORKER,
+         "w1: reboot_graceful_timeout: 600s is not below reboot_timeout (600s)"),
         ({**GOOD, "lab": True}, WORKER, "w1: lab: lab is true but lab_dir is not set"),
         ({"tee": "none", "gpu_count": 2, "gpu_model": "H100"}, ("kbs",), "GPU CC mode needs a CPU TEE"),
         ({"bmc_password_file": "/etc/x"}, ("kbs",), "a BMC password reference is set but no bmc_address"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ccfactory.operations.reboot import rolling, wait_for_new_boot
+from ccfactory.operations.reboot import Escalation, rolling, wait_for_new_boot
 
 
 class FakeHost:
@@ -60,6 +60,64 @@ def test_same_boot_id_is_not_back():
     clock = FakeClock()
     host = FakeHost([(True, "old")] * 1000)
     assert not wait_for_new_boot(host, "old", timeout=20, poll_interval=5, reason="x", clock=clock, sleep=clock.sleep)
+
+
+class Escalate:
+    """An escalation action that records when it ran; ``then`` is what the host does after it."""
+
+    def __init__(self, host, clock, then, result="ForceRestart", error=None):
+        self.host, self.clock, self.then, self.result, self.error = host, clock, then, result, error
+        self.calls: list[float] = []
+
+    def __call__(self, target):
+        assert target is self.host
+        self.calls.append(self.clock.now)
+        if self.error:
+            raise self.error
+        self.host.script = list(self.then)
+        return self.result
+
+
+def test_a_host_still_on_its_old_boot_is_escalated_once_after_the_grace_period():
+    clock = FakeClock()
+    host = FakeHost([(True, "old")] * 1000)  # the OS ignored the request
+    action = Escalate(host, clock, then=[(False, None), (True, "new")])
+    ok = wait_for_new_boot(host, "old", timeout=600, poll_interval=10, reason="bios", escalation=Escalation(30, action),
+                           clock=clock, sleep=clock.sleep)
+    assert ok and action.calls == [30]
+    assert any("still running the old boot 30s after the reboot request" in line and "ForceRestart" in line
+               for line in host.logs), host.logs
+    assert host.logs[-1] == "back after 50s (bios)"
+
+
+def test_a_host_that_went_down_is_not_escalated_while_it_boots():
+    clock = FakeClock()
+    host = FakeHost([(True, "old")] + [(False, None)] * 20 + [(True, "new")])  # slow POST, past the grace
+    action = Escalate(host, clock, then=[])
+    ok = wait_for_new_boot(host, "old", timeout=600, poll_interval=10, reason="bios", escalation=Escalation(30, action),
+                           clock=clock, sleep=clock.sleep)
+    assert ok and action.calls == []
+
+
+def test_escalation_runs_once_and_nothing_to_escalate_keeps_waiting_until_the_timeout():
+    clock = FakeClock()
+    host = FakeHost([(True, "old")] * 1000)
+    action = Escalate(host, clock, then=[(True, "old")] * 1000, result=None)  # the first reset was forced already
+    ok = wait_for_new_boot(host, "old", timeout=100, poll_interval=10, reason="bios", escalation=Escalation(20, action),
+                           clock=clock, sleep=clock.sleep)
+    assert not ok and action.calls == [20]
+    assert not any("still running the old boot" in line for line in host.logs)
+    assert "did not come back within 100s" in host.logs[-1]
+
+
+def test_a_failed_escalation_fails_the_host_with_the_reason():
+    clock = FakeClock()
+    host = FakeHost([(True, "old")] * 1000)
+    action = Escalate(host, clock, then=[], error=RuntimeError("BMC bmc1: 401"))
+    ok = wait_for_new_boot(host, "old", timeout=600, poll_interval=10, reason="bios", escalation=Escalation(30, action),
+                           clock=clock, sleep=clock.sleep)
+    assert not ok and clock.now < 600
+    assert host.logs[-1] == "ccfactory: could not escalate the reboot (bios): BMC bmc1: 401"
 
 
 def test_rolling_batches():

@@ -621,6 +621,20 @@ def test_reset_prefers_graceful_restart_and_sends_no_if_match(serve):
     assert all("if-match" not in p.headers for p in posts), "iDRAC answers 412 to If-Match on actions"
 
 
+def test_a_forced_reset_is_force_restart_else_power_cycle_never_graceful(serve):
+    bmc = dell_bmc()
+    reset = f"{DELL_SYSTEM}/Actions/ComputerSystem.Reset"
+    actions = bmc.get(DELL_SYSTEM)["Actions"]["#ComputerSystem.Reset"]
+    with client_for(serve(bmc), vendor="dell") as client:
+        assert client.reset(force=True) == "ForceRestart"
+        actions["ResetType@Redfish.AllowableValues"] = ["On", "GracefulRestart", "PowerCycle"]
+        assert client.reset(force=True) == "PowerCycle"
+        actions["ResetType@Redfish.AllowableValues"] = ["On", "GracefulRestart"]
+        with pytest.raises(RedfishError, match="none of ForceRestart, PowerCycle is allowed"):
+            client.reset(force=True)
+    assert [p.body["ResetType"] for p in bmc.seen("POST", reset)] == ["ForceRestart", "PowerCycle"]
+
+
 def test_quirks_are_one_table_and_unknown_vendors_are_generic():
     assert set(QUIRKS) == {"dell", "hpe", "lenovo", "supermicro", "generic"}
     assert quirks_for("acme") is QUIRKS["generic"]

@@ -584,21 +584,28 @@ class RedfishClient:
         state = system.power_state
         return state.value if isinstance(state, PowerState) else str(state)
 
-    def reset(self) -> str:
+    def reset(self, *, force: bool = False) -> str:
         """Restart the system; returns the ResetType used.
 
-        GracefulRestart when allowed, else ForceRestart; ``On`` when the system is off
-        (a restart does nothing there). No ``If-Match``: iDRAC answers 412 to it on actions.
+        GracefulRestart when allowed, else ForceRestart (``force``: ForceRestart, else
+        PowerCycle); ``On`` when the system is off (a restart does nothing there).
+        No ``If-Match``: iDRAC answers 412 to it on actions.
 
         Example::
 
-            client.reset()   # 'GracefulRestart'
+            client.reset()             # 'GracefulRestart'
+            client.reset(force=True)   # 'ForceRestart': the OS ignored the graceful one
         """
         system = self._system()
         with self._call("reading the allowed reset types"):
             allowed = system.get_allowed_reset_system_values()
         off = system.power_state == PowerState.OFF
-        preference = (ResetType.ON,) if off else (ResetType.GRACEFUL_RESTART, ResetType.FORCE_RESTART)
+        if off:
+            preference: tuple[ResetType, ...] = (ResetType.ON,)
+        elif force:
+            preference = (ResetType.FORCE_RESTART, ResetType.POWER_CYCLE)
+        else:
+            preference = (ResetType.GRACEFUL_RESTART, ResetType.FORCE_RESTART)
         for kind in preference:
             if kind in allowed:
                 with self._call(f"resetting the system ({kind.value})"):

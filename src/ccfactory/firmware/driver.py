@@ -243,9 +243,9 @@ class FirmwareDriver:
             return job_id
         return None
 
-    def reset(self) -> str:
+    def reset(self, *, force: bool = False) -> str:
         """Restart the system through the BMC; returns the ResetType used."""
-        return self.client.reset()
+        return self.client.reset(force=force)
 
     def wait_for_bmc(self, timeout: float, *, poll: float = 2.0) -> float:
         """Poll until the BMC answers and reports the system On; returns the seconds waited.
@@ -361,6 +361,7 @@ class RunReport:
     stages: list[str] = field(default_factory=list)
     stage_seconds: list[float] = field(default_factory=list)
     reboots: int = 0
+    escalations: int = 0  # GracefulRestarts the OS ignored, followed by a ForceRestart
     jobs: list[str] = field(default_factory=list)
     planning_requests: int = 0
 
@@ -375,7 +376,8 @@ class RunReport:
         if self.stages:
             each = ", ".join(f"{s} {t:.1f}s" for s, t in zip(self.stages, self.stage_seconds, strict=False))
             per = f"; passes {sum(self.stage_seconds):.1f} s: {each}"
+        forced = f"; {self.escalations} GracefulRestart(s) ignored, force-restarted" if self.escalations else ""
         return (
             f"ccfactory firmware: {len(self.stages) - follow_ups} stage(s){extra} applied{done}, "
-            f"{self.reboots} reboot(s), {requests} Redfish request(s), {seconds:.1f} s{per}"
+            f"{self.reboots} reboot(s), {requests} Redfish request(s), {seconds:.1f} s{per}{forced}"
         )

@@ -6,6 +6,8 @@ Examples::
     ccfactory lab up --profile amd-snp-hgx --profile plain --vendor dell
     ccfactory lab status
     ccfactory lab power node1 force-restart
+    ccfactory lab fault node2 fail_next_requests=3 ignore_graceful=true
+    ccfactory lab fault node2 --clear
     ccfactory lab reset
     ccfactory lab down --wipe
 """
@@ -54,7 +56,30 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("power", parents=[common], help="power a node like its BMC would")
     p.add_argument("node")
     p.add_argument("action", choices=("on", "off", "force-off", "restart", "force-restart", "status"))
+    p = sub.add_parser(
+        "fault", parents=[common],
+        help="show or set a BMC's fault switches (rehearse a rollout against a misbehaving BMC)",
+        description="Switches (see ccfactory.lab.bmc.faults): fail_next_requests=N, fail_status=5xx, "
+        "delay_seconds=S, fail_next_job=true, reset_hang=off|on, revert_after_reset='[\"Snp\"]', "
+        "ignore_graceful=true. With no switch: print the current ones.",
+    )  # fmt: skip
+    p.add_argument("node")
+    p.add_argument("switches", nargs="*", metavar="KEY=VALUE", help="JSON values; bare words are strings")
+    p.add_argument("--clear", action="store_true", help="turn every switch off")
     return ap
+
+
+def _switch_values(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise LabError(f"fault switch {pair!r}: expected KEY=VALUE, e.g. fail_next_requests=3")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _print_status(st: dict) -> None:
@@ -122,6 +147,21 @@ def cli_main(argv: list[str] | None = None) -> int:
             _print_status(manager.reset(lab_dir=args.lab_dir, inventory=args.inventory))
         elif args.cmd == "power":
             print(power.power(lab_path(args.lab_dir), args.node, args.action))
+        elif args.cmd == "fault":
+            from ccfactory.lab.bmc import faults
+
+            lab_dir = lab_path(args.lab_dir)
+            try:
+                known = faults.faults_path(lab_dir, args.node).parent.is_dir()
+            except ValueError:  # not a node name at all
+                known = False
+            if not known:
+                raise LabError(f"{args.node}: no BMC of that name in the lab at {lab_dir} (see `ccfactory lab status`)")
+            if args.clear:
+                faults.clear_faults(lab_dir, args.node)
+            if args.switches:
+                faults.set_faults(lab_dir, args.node, **_switch_values(args.switches))
+            print(json.dumps(faults.get_faults(lab_dir, args.node).model_dump()))
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

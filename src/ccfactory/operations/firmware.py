@@ -101,6 +101,7 @@ class FirmwareRun:
         self.preview: Preview | None = None
         self.due: frozenset[str] | None = None  # one-shots due, as on the node's marker
         self.job_id: str | None = None
+        self.reset_kind = ""  # the ResetType of this pass's reset
         self.stage_started = 0.0
         self.finished = False
         self.executing = False
@@ -181,7 +182,7 @@ class FirmwareRun:
         """The reboot mechanism's trigger: reset through the BMC, wait for it to report On."""
         timeout = float(self.cfg.reboot.timeout)
         try:
-            kind = self.driver.reset()
+            kind = self.reset_kind = self.driver.reset()
             self.report.reboots += 1
             self.log(f"reset through the BMC ({kind}); waiting for the BMC, then for SSH (up to {int(timeout)}s each)")
             waited = self.driver.wait_for_bmc(timeout)
@@ -189,6 +190,17 @@ class FirmwareRun:
             return self.fail(_message(exc))
         self.log(f"the BMC reports the system On ({waited:.0f}s)")
         return True
+
+    def force_reset(self, host: Any) -> str | None:  # noqa: ARG002 - the reboot mechanism passes the host
+        """The reboot mechanism's escalation: the node still runs its old boot long after a
+        GracefulRestart (an OS that ignores ACPI), so reset it again with ForceRestart.
+        None when this pass's reset was a forced one already (nothing harder to do)."""
+        if self.reset_kind != "GracefulRestart":
+            return None
+        self.reset_kind = kind = self.driver.reset(force=True)
+        waited = self.driver.wait_for_bmc(float(self.cfg.reboot.timeout))
+        self.report.escalations += 1
+        return f"{kind} through the BMC (the BMC reports the system On after {waited:.0f}s)"
 
     def verify(self, state: Any, host: Any, step: Step) -> bool:  # noqa: ARG002
         try:
@@ -326,6 +338,7 @@ def bios_stage(index: int, passes: int, cfg: NodeConfig):
         reason=step.plan.reason,
         timeout=cfg.reboot.timeout,
         trigger=run.trigger,
+        escalation=reboot.Escalation(after=cfg.reboot.graceful_timeout, action=run.force_reset),
     )
     yield FunctionCommand(run.verify, (step,), {})
     if run.due != before:

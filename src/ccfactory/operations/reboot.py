@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
@@ -33,6 +34,20 @@ def rolling(batch_size: int) -> dict:
     return {"_parallel": max(1, int(batch_size))}
 
 
+@dataclass(frozen=True)
+class Escalation:
+    """What to do when a host still runs its old boot ``after`` seconds into the wait.
+
+    ``action(host)`` starts a harder reboot and returns what it did (``"ForceRestart"``), or
+    None when there is nothing to escalate (the first reboot was already a forced one). It
+    runs at most once per wait, and only while the host *answers* with the old boot id: a
+    host that does not answer is going down or booting, and is left alone.
+    """
+
+    after: float
+    action: Callable[[object], str | None]
+
+
 def wait_for_new_boot(
     target_host,
     old_boot_id: str,
@@ -40,15 +55,18 @@ def wait_for_new_boot(
     timeout: float,
     poll_interval: float,
     reason: str,
+    escalation: Escalation | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """Reconnect until the host reports a boot id other than ``old_boot_id``.
 
-    Returns False (after logging why) when ``timeout`` seconds pass first.
+    Returns False (after logging why) when ``timeout`` seconds pass first, or when the
+    ``escalation`` action fails.
     """
     start = clock()
     last_progress = start
+    escalated = escalation is None
     target_host.disconnect()
     while True:
         elapsed = clock() - start
@@ -67,6 +85,20 @@ def wait_for_new_boot(
                 target_host.log_styled(f"back after {int(elapsed)}s ({reason})", log_func=logger.info)
                 return True
             target_host.disconnect()  # still the old boot: the host has not gone down yet
+            if not escalated and clock() - start >= escalation.after:
+                escalated = True
+                try:
+                    done = escalation.action(target_host)
+                except Exception as exc:  # noqa: BLE001 - fails this host, with the reason
+                    target_host.log_styled(f"ccfactory: could not escalate the reboot ({reason}): {exc}",
+                                           fg="red", log_func=logger.error)
+                    return False
+                if done:
+                    target_host.log_styled(
+                        f"still running the old boot {int(clock() - start)}s after the reboot request "
+                        f"(the OS ignored it?): {done} ({reason})",
+                        fg="yellow", log_func=logger.warning,
+                    )
         if clock() - last_progress >= PROGRESS_EVERY:
             target_host.log_styled(
                 f"waiting for reboot ({reason}): {int(elapsed)}s of {int(timeout)}s", log_func=logger.info
@@ -81,6 +113,7 @@ def rebooted(
     timeout: int = 1800,
     poll_interval: float = 2.0,
     trigger: Callable | None = None,
+    escalation: Escalation | None = None,
 ):
     """Reboot the host and wait until it is back with a new boot id.
 
@@ -89,6 +122,8 @@ def rebooted(
     + poll_interval: seconds between reconnect attempts
     + trigger: ``callable(state, host) -> bool`` that starts the reboot some other way
       (e.g. a Redfish ``ComputerSystem.Reset``); default: ``systemctl reboot`` over SSH
+    + escalation: ``Escalation(after, action)``: a harder reboot for a host that ignored the
+      first request (the firmware stage: ForceRestart after a GracefulRestart the OS ignored)
 
     Call it only for hosts that need a reboot: that decision, made from facts, is what
     makes a re-run reboot nothing.
@@ -119,9 +154,11 @@ def rebooted(
         yield FunctionCommand(trigger, (), {})
 
     def wait(state, host) -> bool:  # noqa: ARG001
-        return wait_for_new_boot(host, before[0], timeout=timeout, poll_interval=poll_interval, reason=reason)
+        return wait_for_new_boot(
+            host, before[0], timeout=timeout, poll_interval=poll_interval, reason=reason, escalation=escalation
+        )
 
     yield FunctionCommand(wait, (), {})
 
 
-__all__ = ["rebooted", "rolling", "wait_for_new_boot", "host"]
+__all__ = ["Escalation", "rebooted", "rolling", "wait_for_new_boot", "host"]

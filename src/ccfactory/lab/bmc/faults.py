@@ -9,7 +9,9 @@
       "fail_next_job": true,          # the next BIOS apply fails (Dell: job ends Failed) (then false)
       "reset_hang": "off",            # "" | "off" | "on": resets never complete; node stays off,
                                       #   PowerState stuck at Off ("off") or On ("on": hung in POST)
-      "revert_after_reset": ["Snp"]   # these attributes silently revert at every apply ("*" = all)
+      "revert_after_reset": ["Snp"],  # these attributes silently revert at every apply ("*" = all)
+      "ignore_graceful": true         # the OS ignores ACPI: GracefulRestart/GracefulShutdown/
+                                      #   PushPowerButton on a running system are accepted, do nothing
     }
 
 The emulator re-reads the file when it changes and decrements the one-shot counters
@@ -49,6 +51,7 @@ class Faults(BaseModel):
     fail_next_job: bool = False
     reset_hang: Literal["", "off", "on"] = ""
     revert_after_reset: list[str] = Field(default_factory=list)
+    ignore_graceful: bool = False
 
 
 def faults_path(lab_dir: Path, node: str) -> Path:

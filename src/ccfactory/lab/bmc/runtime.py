@@ -64,6 +64,8 @@ RESET_PLANS: dict[str, tuple[tuple[str, bool] | None, tuple[str, bool] | None]] 
     "PushPowerButton": (("off", False), ("on", True)),
     "Nmi": (None, None),
 }
+# Resets a running system only performs if its OS acts on the ACPI event
+ACPI_RESETS = frozenset({"GracefulRestart", "GracefulShutdown", "PushPowerButton"})
 STATUS_CACHE_SECONDS = 1.0
 ON_WORDS = {"on", "running", "up", "started", "true", "1", "poweredon"}
 
@@ -243,6 +245,10 @@ class BmcRuntime:
             plan = RESET_PLANS[reset_type][0 if is_on else 1]
             if plan is None:
                 return  # e.g. On while on, Nmi: accepted, nothing to do
+            if is_on and faults.ignore_graceful and reset_type in ACPI_RESETS:
+                state.event("graceful_ignored", reset=reset_type)  # accepted; the OS never acts on it
+                log.info("%s: %s accepted, ignored by the OS (fault ignore_graceful)", self.node, reset_type)
+                return
             action, boots = plan
             now = time.time()
             hang = faults.reset_hang if boots else ""
