@@ -7,6 +7,7 @@ Deploy files stay one line long so that the same stages run from a clone
 from __future__ import annotations
 
 import importlib
+import sys
 
 from pyinfra import host, inventory
 from pyinfra.api.exceptions import PyinfraError
@@ -70,12 +71,43 @@ def run_stages(stages: list[str]) -> None:
     if unknown:
         raise PyinfraError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
     try:
-        validate_inventory(inventory)
+        configs = validate_inventory(inventory)
     except InventoryError as exc:
         raise PyinfraError(str(exc)) from None
+    active = {h.name for h in inventory.get_active_hosts()}  # --limit applied
+    refuse_unbounded_reboots(stages, {n: c for n, c in configs.items() if n in active}, sys.argv)
     _prepare_controller_once(stages)
     for stage in stages:
         importlib.import_module(STAGES[stage]).apply()
+
+
+# stages whose reboots are rolling (pyinfra's ``_parallel``)
+REBOOTING_STAGES = ("firmware", "host", "gpu")
+
+
+def refuse_unbounded_reboots(stages: list[str], configs: dict, argv: list[str]) -> None:
+    """Stop a run with ``--no-wait`` that would reboot more hosts at once than allowed.
+
+    With ``--no-wait`` pyinfra runs every host through all its operations at once and
+    ignores ``_parallel``, so ``reboot_batch_size`` would silently not hold. (``--serial``
+    reboots one host at a time, which is within any batch size.)
+
+    Example::
+
+        refuse_unbounded_reboots(["host"], configs, ["pyinfra", "--no-wait", "inv.py", "deploy/host.py"])
+        # PyinfraError: --no-wait: ... drop --no-wait, or set reboot_batch_size >= 12
+    """
+    if "--no-wait" not in argv or not any(s in REBOOTING_STAGES for s in stages):
+        return
+    hosts = len(configs)
+    batch = min((cfg.reboot.batch_size for cfg in configs.values()), default=hosts)
+    if batch < hosts:
+        rebooting = ", ".join(s for s in stages if s in REBOOTING_STAGES)
+        raise PyinfraError(
+            f"--no-wait: pyinfra then runs every host through all operations at once and ignores rolling "
+            f"batches, so up to {hosts} hosts could reboot together ({rebooting}) against reboot_batch_size "
+            f"{batch}; nothing was touched. Fix: drop --no-wait, or set reboot_batch_size >= {hosts}"
+        )
 
 
 def _prepare_controller_once(stages: list[str]) -> None:
