@@ -380,22 +380,32 @@ class KbsConfig(_Strict):
 
 
 class RuntimeConfig(_Strict):
-    shims: tuple[str, ...] | None = None
-    guest_pull: bool = False
-    drain: bool = False
-    kubeconfig: str | None = None
-    output_dir: str = "~/.local/share/ccfactory/runtime"
-    template_overlay_dirs: tuple[str, ...] = ()
-    kata_memory: int = 2048
-    kata_vcpus: int = 1
-    kata_gpu_memory: int = 16384
-    kata_gpu_vcpus: int = 4
-    kata_timeout: int = 300
-    kata_gpu_timeout: int = 1200
-    snp_guest_policy: int = 0x30000
-    tdx_qgs_port: int = 4050
-    coco_resource_uris: tuple[str, ...] = ()
-    health_timeout: float = 60.0
+    """The runtime stage's options: ``HostData``'s ``runtime_*`` keys (plus
+    ``template_overlay_dirs`` and ``coco_resource_uris``) without the prefix. No defaults
+    here: ``HostData`` holds them, once (``RuntimeConfig.from_host_data``)."""
+
+    shims: tuple[str, ...] | None
+    guest_pull: bool
+    drain: bool
+    kubeconfig: str | None
+    output_dir: str
+    template_overlay_dirs: tuple[str, ...]
+    kata_memory: int
+    kata_vcpus: int
+    kata_gpu_memory: int
+    kata_gpu_vcpus: int
+    kata_timeout: int
+    kata_gpu_timeout: int
+    snp_guest_policy: int
+    tdx_qgs_port: int
+    coco_resource_uris: tuple[str, ...]
+    health_timeout: float
+
+    @classmethod
+    def from_host_data(cls, d: HostData) -> RuntimeConfig:
+        unprefixed = {"template_overlay_dirs", "coco_resource_uris"}
+        values = {f: getattr(d, f if f in unprefixed else f"runtime_{f}") for f in cls.model_fields}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 class RebootPolicy(_Strict):
@@ -788,24 +798,7 @@ def load_node_config(
         bmc=bmc,
         gpu=GpuConfig(count=d.gpu_count, model=d.gpu_model, cc_mode=d.gpu_cc_mode),
         kbs=KbsConfig(url=d.kbs_url, ca_cert=d.kbs_ca_cert),
-        runtime=RuntimeConfig(
-            shims=tuple(d.runtime_shims) if d.runtime_shims is not None else None,
-            guest_pull=d.runtime_guest_pull,
-            drain=d.runtime_drain,
-            kubeconfig=d.runtime_kubeconfig,
-            output_dir=d.runtime_output_dir,
-            template_overlay_dirs=tuple(d.template_overlay_dirs),
-            kata_memory=d.runtime_kata_memory,
-            kata_vcpus=d.runtime_kata_vcpus,
-            kata_gpu_memory=d.runtime_kata_gpu_memory,
-            kata_gpu_vcpus=d.runtime_kata_gpu_vcpus,
-            kata_timeout=d.runtime_kata_timeout,
-            kata_gpu_timeout=d.runtime_kata_gpu_timeout,
-            snp_guest_policy=d.runtime_snp_guest_policy,
-            tdx_qgs_port=d.runtime_tdx_qgs_port,
-            coco_resource_uris=tuple(d.coco_resource_uris),
-            health_timeout=d.runtime_health_timeout,
-        ),
+        runtime=RuntimeConfig.from_host_data(d),
         reboot=RebootPolicy(
             batch_size=d.reboot_batch_size,
             timeout=d.reboot_timeout,

@@ -173,3 +173,17 @@ def test_fleet_needs_one_reboot_batch_size():
     hosts = [("w1", WORKER, GOOD), ("w2", WORKER, {**GOOD, "bmc_address": "10.0.0.6", "reboot_batch_size": 4})]
     with pytest.raises(InventoryError, match="w2: reboot_batch_size: 4 differs from 1 on w1"):
         load_fleet(hosts, check_files=False)
+
+
+def test_every_runtime_option_reaches_the_runtime_config():
+    from ccfactory.config import HostData, RuntimeConfig
+
+    keys = {k for k in HostData.model_fields if k.startswith("runtime_")} | {"template_overlay_dirs", "coco_resource_uris"}
+    assert {k.removeprefix("runtime_") for k in keys} == set(RuntimeConfig.model_fields)
+    cfg = load_node_config(
+        "w1", WORKER,
+        {**GOOD, "runtime_kata_memory": 4096, "runtime_shims": ["qemu-snp"], "coco_resource_uris": ["kbs:///a/b/c"]},
+        check_files=False,
+    )
+    assert (cfg.runtime.kata_memory, cfg.runtime.shims, cfg.runtime.coco_resource_uris) == (4096, ("qemu-snp",), ("kbs:///a/b/c",))
+    assert cfg.runtime.kata_gpu_memory == HostData.model_fields["runtime_kata_gpu_memory"].default
