@@ -68,7 +68,7 @@ kbs_url = "https://kbs-01.example.net:8080"
 # --- reboots ----------------------------------------------------------------------
 reboot_batch_size = 1          # hosts rebooting at once (rolling)
 reboot_timeout = 1800          # seconds a host may take to come back (bare metal: 10-30 min)
-# reboot_graceful_timeout = 300  # s on the old boot after a BMC GracefulRestart before ForceRestart (firmware)
+# reboot_graceful_timeout = 300  # s still on the old boot after a reboot request before a BMC ForceRestart
 
 # --- artifacts (BOM) --------------------------------------------------------------
 artifact_source = "upstream"   # upstream | mirror | local

@@ -159,6 +159,7 @@ def apply() -> None:
             name="Reboot to bind the GPUs to vfio-pci",
             reason=plan.reboot_reason,
             timeout=cfg.reboot.timeout,
+            escalation=reboot.bmc_escalation(cfg),
             **reboot.rolling(cfg.reboot.batch_size),
             **SUDO,
         )

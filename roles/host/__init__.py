@@ -133,6 +133,7 @@ def apply() -> None:
             name="Reboot to apply the host boot configuration",
             reason=plan.reboot_reason,
             timeout=cfg.reboot.timeout,
+            escalation=reboot.bmc_escalation(cfg),
             **reboot.rolling(cfg.reboot.batch_size),
             **when,
             **SUDO,

@@ -237,9 +237,9 @@ class HostData(_Strict):
     )
     reboot_graceful_timeout: int | None = _opt(
         None,
-        "Seconds a host may keep running its old boot after the BMC's GracefulRestart (an OS that ignores "
-        "the ACPI request) before ccfactory resets it again with ForceRestart. Below `reboot_timeout`; "
-        "unset: 300, or half of `reboot_timeout` if that is less.",
+        "Seconds a host may keep running its old boot after a reboot request (the firmware stage's "
+        "GracefulRestart, the host and gpu stages' `systemctl reboot`) before ccfactory resets it with "
+        "ForceRestart through its BMC. Below `reboot_timeout`; unset: 300, or half of `reboot_timeout` if less.",
         "reboot",
         ge=1,
         le=14400,

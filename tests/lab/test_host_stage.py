@@ -67,12 +67,12 @@ class Site:
         """No file of the host stage on the node (nodes keep their disk between sessions)."""
         self.lab.ssh(node, "rm -f " + " ".join(OWNED) + " && update-grub 2>/dev/null")
 
-    def run(self, *nodes: str) -> tuple[int, dict | None, str, float]:
+    def run(self, *nodes: str, extra: tuple[str, ...] = ()) -> tuple[int, dict | None, str, float]:
         pyinfra = str(Path(sys.executable).with_name("pyinfra"))
         limits = [arg for n in nodes for arg in ("--limit", self.lab.nodes[n]["address"])]
         t0 = time.monotonic()
         r = subprocess.run(
-            [pyinfra, "-y", "--json", *limits, str(self.lab.inventory), str(self.deploy)],
+            [pyinfra, "-y", "--json", *extra, *limits, str(self.lab.inventory), str(self.deploy)],
             capture_output=True,
             text=True,
             timeout=1800,
@@ -201,3 +201,26 @@ def test_bios_with_snp_off_fails_with_the_firmware_stage_hint_and_no_reboot(site
     print(f"\nafter the firmware stage's reboot (1 node): {took:.1f} s")
     assert rc == 0, out[-6000:]
     assert changed(result) == [] and site.boots()[node] == boots
+
+
+def test_a_reboot_that_does_not_happen_is_forced_through_the_bmc(site):
+    """``systemctl reboot`` fails on the node (reboot.target masked: what a shutdown that hangs
+    looks like from outside, the node keeps running its old boot): after
+    ``reboot_graceful_timeout`` the stage resets the node with ForceRestart through its BMC."""
+    lab, node = site.lab, site.tdx
+    site.fresh(node)
+    site.set_bios(node, TDX_ON)  # the running kernel lacks the host stage's command line: a reboot is due
+    lab.ssh(node, "systemctl mask reboot.target")
+    before, boots = site.boot_id(node), site.boots()[node]
+    try:
+        rc, result, out, took = site.run(node, extra=("--data", "reboot_graceful_timeout=3"))
+    finally:
+        lab.wait_ssh(node)
+        lab.ssh(node, "systemctl unmask reboot.target")
+    print(f"\nreboot forced through the BMC (1 node): {took:.1f} s")
+    assert rc == 0, out[-6000:]
+    assert "still running the old boot" in out and "ForceRestart through the BMC" in out, out[-6000:]
+    assert site.boot_id(node) != before and site.boots()[node] - boots == 1, "one boot: the forced one"
+    assert lab.ssh(node, "cat /sys/module/kvm_intel/parameters/tdx").stdout.strip() == "Y"
+    rc, result, out, _ = site.run(node)
+    assert rc == 0 and changed(result) == []

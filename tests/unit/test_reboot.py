@@ -110,14 +110,25 @@ def test_escalation_runs_once_and_nothing_to_escalate_keeps_waiting_until_the_ti
     assert "did not come back within 100s" in host.logs[-1]
 
 
-def test_a_failed_escalation_fails_the_host_with_the_reason():
+def test_a_failed_escalation_is_reported_and_the_wait_goes_on_for_a_late_reboot():
+    clock = FakeClock()
+    host = FakeHost([(True, "old")] * 6 + [(False, None), (True, "new")])  # a slow shutdown, done at 70 s
+    action = Escalate(host, clock, then=None, error=RuntimeError("BMC bmc1: 401"))
+    ok = wait_for_new_boot(host, "old", timeout=600, poll_interval=10, reason="kernel", escalation=Escalation(30, action),
+                           clock=clock, sleep=clock.sleep)
+    assert ok and action.calls == [30]
+    assert any("the harder reset failed: BMC bmc1: 401; waiting until the timeout (kernel)" in line for line in host.logs)
+    assert host.logs[-1] == "back after 70s (kernel)"
+
+
+def test_a_failed_escalation_of_a_host_that_never_reboots_fails_at_the_timeout():
     clock = FakeClock()
     host = FakeHost([(True, "old")] * 1000)
-    action = Escalate(host, clock, then=[], error=RuntimeError("BMC bmc1: 401"))
-    ok = wait_for_new_boot(host, "old", timeout=600, poll_interval=10, reason="bios", escalation=Escalation(30, action),
+    action = Escalate(host, clock, then=None, error=RuntimeError("BMC bmc1: 401"))
+    ok = wait_for_new_boot(host, "old", timeout=100, poll_interval=10, reason="kernel", escalation=Escalation(30, action),
                            clock=clock, sleep=clock.sleep)
-    assert not ok and clock.now < 600
-    assert host.logs[-1] == "ccfactory: could not escalate the reboot (bios): BMC bmc1: 401"
+    assert not ok and action.calls == [30]
+    assert "did not come back within 100s" in host.logs[-1]
 
 
 def test_rolling_batches():

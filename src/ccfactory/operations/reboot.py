@@ -5,7 +5,9 @@ operation does it: remember the boot id, trigger the reboot (over SSH, or throug
 callback such as a Redfish reset), drop the connection, and wait, with progress lines,
 until the host answers with a new boot id or the timeout passes. A host that does not
 come back fails alone; pyinfra carries on with the others. Rolling batches come from
-pyinfra's ``_parallel`` global argument, which ``rolling()`` supplies.
+pyinfra's ``_parallel`` global argument, which ``rolling()`` supplies. A host that still
+answers on its old boot after a grace period gets one harder reset (``Escalation``; through
+its BMC with ``bmc_escalation``): an OS that ignored the request, or a shutdown that hangs.
 
 pyinfra's own ``server.reboot`` detects a reboot by uptime; ccfactory uses the kernel's
 boot id, which also works where uptime is shared (containers) and cannot be fooled by
@@ -61,8 +63,7 @@ def wait_for_new_boot(
 ) -> bool:
     """Reconnect until the host reports a boot id other than ``old_boot_id``.
 
-    Returns False (after logging why) when ``timeout`` seconds pass first, or when the
-    ``escalation`` action fails.
+    Returns False (after logging why) when ``timeout`` seconds pass first.
     """
     start = clock()
     last_progress = start
@@ -87,16 +88,20 @@ def wait_for_new_boot(
             target_host.disconnect()  # still the old boot: the host has not gone down yet
             if not escalated and clock() - start >= escalation.after:
                 escalated = True
+                waited = int(clock() - start)
                 try:
                     done = escalation.action(target_host)
-                except Exception as exc:  # noqa: BLE001 - fails this host, with the reason
-                    target_host.log_styled(f"ccfactory: could not escalate the reboot ({reason}): {exc}",
-                                           fg="red", log_func=logger.error)
-                    return False
+                except Exception as exc:  # noqa: BLE001 - a late reboot may still come: keep waiting
+                    target_host.log_styled(
+                        f"still running the old boot {waited}s after the reboot request, and the harder reset "
+                        f"failed: {exc}; waiting until the timeout ({reason})",
+                        fg="yellow", log_func=logger.warning,
+                    )
+                    done = None
                 if done:
                     target_host.log_styled(
-                        f"still running the old boot {int(clock() - start)}s after the reboot request "
-                        f"(the OS ignored it?): {done} ({reason})",
+                        f"still running the old boot {waited}s after the reboot request (ignored, or a hung "
+                        f"shutdown): {done} ({reason})",
                         fg="yellow", log_func=logger.warning,
                     )
         if clock() - last_progress >= PROGRESS_EVERY:
@@ -105,6 +110,27 @@ def wait_for_new_boot(
             )
             last_progress = clock()
         sleep(poll_interval)
+
+
+def bmc_escalation(cfg) -> Escalation | None:
+    """ForceRestart through the host's BMC when a reboot over SSH did not happen (a shutdown
+    that hangs, e.g. on a device driver) within ``reboot_graceful_timeout``; None without a BMC.
+
+    Example::
+
+        reboot.rebooted(reason="...", timeout=cfg.reboot.timeout, escalation=reboot.bmc_escalation(cfg))
+    """
+    if cfg.bmc is None:
+        return None
+    bmc, name = cfg.bmc, cfg.name
+
+    def force_restart(target_host) -> str:  # noqa: ARG001
+        from ccfactory.clients.redfish import RedfishClient
+
+        with RedfishClient.from_config(bmc, host=name) as client:
+            return f"{client.reset(force=True)} through the BMC"
+
+    return Escalation(after=cfg.reboot.graceful_timeout, action=force_restart)
 
 
 @operation(is_idempotent=False)
@@ -161,4 +187,4 @@ def rebooted(
     yield FunctionCommand(wait, (), {})
 
 
-__all__ = ["Escalation", "rebooted", "rolling", "wait_for_new_boot", "host"]
+__all__ = ["Escalation", "bmc_escalation", "rebooted", "rolling", "wait_for_new_boot", "host"]
