@@ -38,8 +38,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import files, server
 
-from ccfactory.bom import BomError, bom_for
-from ccfactory.bom.fetch import ArtifactFetchError, fetch_artifact
+from ccfactory.bom.fetch import artifact_for_host
 from ccfactory.config import node_config
 from ccfactory.facts.gpu import GpuDrivers, NvidiaGpus
 from ccfactory.facts.gpu_cc import GpuCcModes
@@ -61,15 +60,8 @@ logger = logging.getLogger("pyinfra")
 
 def _artifact(cfg):
     """(artifact, local path) of gpu-admin-tools, or (None, problem)."""
-    try:
-        artifact = bom_for(cfg.lab, cfg.lab_dir).artifact(ARTIFACT)
-    except (KeyError, BomError) as exc:
-        return None, exc.args[0] if exc.args else str(exc)
-    try:
-        path = fetch_artifact(artifact, cfg.artifacts, progress=lambda m: host.log(m, log_func=logger.info))
-    except ArtifactFetchError as exc:
-        return None, str(exc)
-    return artifact, str(path)
+    artifact, local, problem = artifact_for_host(cfg, ARTIFACT, progress=lambda m: host.log(m, log_func=logger.info))
+    return (artifact, local) if not problem else (None, problem)
 
 
 @deploy("GPU")

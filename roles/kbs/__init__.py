@@ -39,8 +39,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from ccfactory.bom import BomError, bom_for
-from ccfactory.bom.fetch import ArtifactFetchError, fetch_artifact
+from ccfactory.bom.fetch import artifact_for_host
 from ccfactory.config import InventoryError, node_config
 from ccfactory.kbs import operations as kbs_ops
 from ccfactory.kbs import render
@@ -108,15 +107,8 @@ def ensure_site_pki(inventory) -> None:
 
 def _artifact(cfg):
     """(artifact, local path) of Trustee, or (None, problem)."""
-    try:
-        artifact = bom_for(cfg.lab, cfg.lab_dir).artifact(ARTIFACT)
-    except (KeyError, BomError) as exc:
-        return None, exc.args[0] if exc.args else str(exc)
-    try:
-        path = fetch_artifact(artifact, cfg.artifacts, progress=lambda m: host.log(m, log_func=logger.info))
-    except ArtifactFetchError as exc:
-        return None, str(exc)
-    return artifact, str(path)
+    artifact, local, problem = artifact_for_host(cfg, ARTIFACT, progress=lambda m: host.log(m, log_func=logger.info))
+    return (artifact, local) if not problem else (None, problem)
 
 
 def resource_policy(settings: KbsSettings, tees: tuple[str, ...], fleet_has_gpus: bool) -> str:

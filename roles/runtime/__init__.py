@@ -48,7 +48,7 @@ from pyinfra.facts.server import Which
 from pyinfra.operations import apt, files, systemd
 
 from ccfactory.bom import BomError, bom_for
-from ccfactory.bom.fetch import ArtifactFetchError, fetch_artifact
+from ccfactory.bom.fetch import artifact_for_host
 from ccfactory.coco.initdata import CocoSettings, InitdataError, credentials_from, render_initdata
 from ccfactory.config import node_config
 from ccfactory.facts.containerd import ContainerdRuntimes
@@ -71,15 +71,7 @@ logger = logging.getLogger("pyinfra")
 
 def _fetch(cfg, name: str):
     """(artifact, local path, problem)"""
-    try:
-        artifact = bom_for(cfg.lab, cfg.lab_dir).artifact(name)
-    except (KeyError, BomError) as exc:
-        return None, None, exc.args[0] if exc.args else str(exc)
-    try:
-        path = fetch_artifact(artifact, cfg.artifacts, progress=lambda m: host.log(m, log_func=logger.info))
-    except ArtifactFetchError as exc:
-        return artifact, None, str(exc)
-    return artifact, str(path), ""
+    return artifact_for_host(cfg, name, progress=lambda m: host.log(m, log_func=logger.info))
 
 
 def tarball_requires(path: str | None) -> dict | None:

@@ -139,3 +139,26 @@ def fetch_artifact(
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def artifact_for_host(cfg, name: str, progress: Callable[[str], None] | None = None) -> tuple[Artifact | None, str | None, str]:
+    """``(artifact, controller path, problem)`` of BOM artifact ``name`` for a host's
+    ``NodeConfig``: from its BOM (the lab overlay for lab hosts only), fetched from its
+    ``artifact_*`` source and verified. ``problem`` is ``""`` when both are there; else it says
+    why not (not pinned, not reachable, checksum mismatch) and the path is None.
+
+    Example::
+
+        artifact, local, problem = artifact_for_host(cfg, "trustee", progress=host.log)
+    """
+    from ccfactory.bom import BomError, bom_for
+
+    try:
+        artifact = bom_for(cfg.lab, cfg.lab_dir).artifact(name)
+    except (KeyError, BomError) as exc:
+        return None, None, exc.args[0] if exc.args else str(exc)
+    try:
+        path = fetch_artifact(artifact, cfg.artifacts, progress=progress)
+    except ArtifactFetchError as exc:
+        return artifact, None, str(exc)
+    return artifact, str(path), ""

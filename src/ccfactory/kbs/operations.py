@@ -36,9 +36,9 @@ from pyinfra.facts.files import FileContents
 from ccfactory.kbs.client import KbsClient, Ledger
 from ccfactory.kbs.errors import HealthCheckFailed, KbsError, KbsUnreachable
 from ccfactory.kbs.pki import load_cert
+from ccfactory.operations.artifacts import unpacked_as, verified_unpack
 
 logger = logging.getLogger("pyinfra")
-INSTALLED_MARKER = ".ccfactory-sha256"
 READY_TIMEOUT = 60.0
 
 
@@ -222,26 +222,10 @@ def trustee_unpacked(archive: str, dest: str, sha256: str, entry: str = "bin/kbs
 
     ``dest/.ccfactory-sha256`` records what was unpacked; the same checksum: nothing to do.
     """
-    current = host.get_fact(FileContents, path=f"{dest}/{INSTALLED_MARKER}")
-    if current and current[0].strip() == sha256:
+    if unpacked_as(dest, sha256):
         host.noop(f"Trustee already unpacked in {dest}")
         return
-    a, d, tmp = shlex.quote(archive), shlex.quote(dest), shlex.quote(f"{dest}.ccfactory-new")
-    yield StringCommand(
-        " && ".join(
-            [
-                f"echo {shlex.quote(f'{sha256}  {archive}')} | sha256sum -c --quiet -",
-                f"rm -rf {tmp}",
-                f"mkdir -p {tmp}",
-                f"tar -xf {a} -C {tmp} --strip-components=1 --no-same-owner",
-                f"test -x {tmp}/{shlex.quote(entry)}",
-                f"chmod -R go-w {tmp}",
-                f"echo {shlex.quote(sha256)} > {tmp}/{INSTALLED_MARKER}",
-                f"rm -rf {d}",
-                f"mv {tmp} {d}",
-            ]
-        )
-    )
+    yield verified_unpack(archive, dest, sha256, entry=entry, executable=True)
 
 
 @operation()

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
-from pyinfra.facts.files import FileContents
 
 from ccfactory.facts.gpu import NvidiaGpus
+from ccfactory.operations.artifacts import unpacked_as, verified_unpack
 from ccfactory.facts.gpu_cc import GpuCcModes, GpuModes
 from ccfactory.parsers.gpuadmin import parse_admin_tool_output
 
@@ -38,7 +38,6 @@ TOOL_ROOT = "/opt/ccfactory/gpu-admin-tools"
 TOOL_ENTRY = "nvidia_gpu_tools.py"
 DRIVER_HOLDERS = ("nvidia", "nouveau")  # host GPU drivers that must not hold a GPU during a switch
 CC_MODES = ("on", "devtools", "off", "ppcie")
-INSTALLED_MARKER = ".ccfactory-sha256"
 _LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d,\d\d:\d\d:\d\d\.\d{3} [A-Z]+\s+")  # the tool's logging format
 
 
@@ -310,26 +309,10 @@ def admin_tools_unpacked(archive: str, dest: str, sha256: str):
         gpu.admin_tools_unpacked(archive="/opt/ccfactory/gpu-admin-tools/x.tar.gz",
                                  dest="/opt/ccfactory/gpu-admin-tools/v2026.02.24o", sha256=artifact.sha256)
     """
-    marker = f"{dest}/{INSTALLED_MARKER}"
-    current = host.get_fact(FileContents, path=marker)
-    if current and current[0].strip() == sha256:
+    if unpacked_as(dest, sha256):
         host.noop(f"gpu-admin-tools already unpacked in {dest}")
         return
-    a, d, tmp = shlex.quote(archive), shlex.quote(dest), shlex.quote(f"{dest}.ccfactory-new")
-    yield StringCommand(
-        " && ".join(
-            [
-                f"echo {shlex.quote(f'{sha256}  {archive}')} | sha256sum -c --quiet -",
-                f"rm -rf {tmp}",
-                f"mkdir -p {tmp}",
-                f"tar -xf {a} -C {tmp} --strip-components=1 --no-same-owner",
-                f"test -f {tmp}/{TOOL_ENTRY}",
-                f"echo {shlex.quote(sha256)} > {tmp}/{INSTALLED_MARKER}",
-                f"rm -rf {d}",
-                f"mv {tmp} {d}",
-            ]
-        )
-    )
+    yield verified_unpack(archive, dest, sha256, entry=TOOL_ENTRY)
 
 
 @operation()
