@@ -44,3 +44,31 @@ def run_fact_command(command: str, work: Path) -> list[str]:
         staged.replace(dmesg)
     env = dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}")
     return subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+
+
+class CountingListener:
+    """A TCP listener on 127.0.0.1 that counts connection attempts (stands in for the nodes'
+    sshd, to prove that a run made no connection)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()

@@ -15,10 +15,8 @@ few at a time on first use and cached for the module.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from ccfactory.cli import main as ccfactory_main
+from support import CountingListener
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).with_name("pyinfra")
@@ -206,30 +205,6 @@ CONTROL = C(
     "kbs = [('k1', {**%s, 'kbs_resources': {'models/llama-3/key': '@DIR@/model.key'}})]\n" % LAB_KBS,
     files={"bios/acme.toml": GOOD_PROFILE, "model.key": "k", "lab/lab.json": LAB_JSON, "lab/bom-lab.toml": GOOD_OVERLAY},
 )
-
-
-class CountingListener:
-    """A TCP listener that counts connection attempts (stands in for the nodes' sshd)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass

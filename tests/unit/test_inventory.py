@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from ccfactory.cli import main as ccfactory_main
+from support import CountingListener
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).with_name("pyinfra")
@@ -49,27 +48,6 @@ def test_every_option_documented_in_example_group_data():
         assert missing == [], f"{site}: document these options: {missing}"
 
 
-class _CountingListener:
-    """A TCP listener that counts connection attempts (stands in for a node's sshd)."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-
 def _run_pyinfra(inventory: Path, cwd: Path):
     env = {**os.environ, "PYINFRA_PROGRESS": "off"}
     return subprocess.run(
@@ -79,7 +57,7 @@ def _run_pyinfra(inventory: Path, cwd: Path):
 
 
 def test_bad_inventory_stops_pyinfra_before_connecting(tmp_path):
-    listener = _CountingListener()
+    listener = CountingListener()
     inv = tmp_path / "site.py"
     inv.write_text(
         "from ccfactory.inventory import validate_before_connect\n"
@@ -100,7 +78,7 @@ def test_bad_inventory_stops_pyinfra_before_connecting(tmp_path):
 
 def test_good_inventory_does_connect(tmp_path):
     # the control case: the same listener does see pyinfra when the data is valid
-    listener = _CountingListener()
+    listener = CountingListener()
     inv = tmp_path / "site.py"
     inv.write_text(
         "from ccfactory.inventory import validate_before_connect\n"
