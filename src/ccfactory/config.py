@@ -46,6 +46,7 @@ KNOWN_BMC_VENDORS = ("dell", "hpe", "lenovo", "supermicro", "generic")
 
 DEFAULT_REBOOT_TIMEOUT = 1800  # bare-metal GPU servers take 10-30 minutes to POST
 DEFAULT_GRACEFUL_TIMEOUT = 300  # an OS that honours ACPI has stopped sshd well before this
+MIN_GRACEFUL_TIMEOUT = 60  # outside the lab: below this a normal shutdown could be cut short
 DEFAULT_ARTIFACT_CACHE = "~/.cache/ccfactory/artifacts"
 
 # Keys that hold secrets must never carry the secret itself: only a reference.
@@ -237,9 +238,11 @@ class HostData(_Strict):
     )
     reboot_graceful_timeout: int | None = _opt(
         None,
-        "Seconds a host may keep running its old boot after a reboot request (the firmware stage's "
-        "GracefulRestart, the host and gpu stages' `systemctl reboot`) before ccfactory resets it with "
-        "ForceRestart through its BMC. Below `reboot_timeout`; unset: 300, or half of `reboot_timeout` if less.",
+        "Seconds a host may keep answering SSH on its old boot after a reboot request (the firmware stage's "
+        "GracefulRestart, the host and gpu stages' `systemctl reboot`: ignored or refused) before ccfactory resets "
+        "it with ForceRestart through its BMC. At least 60 (lab: any), below `reboot_timeout`; unset: 300, or half "
+        "of `reboot_timeout` if less. A shutdown that hangs after sshd stopped is not caught: it fails at "
+        "`reboot_timeout`.",
         "reboot",
         ge=1,
         le=14400,
@@ -554,7 +557,12 @@ def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) ->
         tee = data.tee
     else:
         tee = data.tee or (tee_groups[0] if tee_groups else "none")  # type: ignore[assignment]
-    if data.reboot_graceful_timeout is not None and data.reboot_graceful_timeout >= data.reboot_timeout:
+    if data.reboot_graceful_timeout is not None and data.reboot_graceful_timeout < MIN_GRACEFUL_TIMEOUT and not data.lab:
+        add(Problem(host, "reboot_graceful_timeout",
+                    f"{data.reboot_graceful_timeout}s is too short: a host still stopping its services would be "
+                    "reset hard, before its disks are synced",
+                    f"use at least {MIN_GRACEFUL_TIMEOUT} (shorter only in the lab), or leave it unset"))
+    elif data.reboot_graceful_timeout is not None and data.reboot_graceful_timeout >= data.reboot_timeout:
         add(Problem(host, "reboot_graceful_timeout",
                     f"{data.reboot_graceful_timeout}s is not below reboot_timeout ({data.reboot_timeout}s): a host that "
                     "ignores a GracefulRestart would fail before it is force-restarted",

@@ -97,7 +97,8 @@ def refuse_unbounded_reboots(stages: list[str], configs: dict, argv: list[str]) 
         refuse_unbounded_reboots(["host"], configs, ["pyinfra", "--no-wait", "inv.py", "deploy/host.py"])
         # PyinfraError: --no-wait: ... drop --no-wait, or set reboot_batch_size >= 12
     """
-    if "--no-wait" not in argv or not any(s in REBOOTING_STAGES for s in stages):
+    # --serial wins over --no-wait in pyinfra's run_ops: one host at a time
+    if "--no-wait" not in argv or "--serial" in argv or not any(s in REBOOTING_STAGES for s in stages):
         return
     hosts = len(configs)
     batch = min((cfg.reboot.batch_size for cfg in configs.values()), default=hosts)

@@ -37,12 +37,14 @@ def installed(tmp_path):
 
 def test_a_good_tarball_replaces_the_tree_whole_with_its_marker(tmp_path, installed):
     archive = tmp_path / "tool.tar.gz"
-    sha = tarball(archive, {"bin/tool": (b"#!/bin/sh\n", 0o777), "README": (b"hi\n", 0o666)})
+    sha = tarball(archive, {"bin/tool": (b"#!/bin/sh\n", 0o6777), "README": (b"hi\n", 0o666)})
     r = run(verified_unpack(str(archive), str(installed), sha, entry="bin/tool", executable=True))
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in installed.iterdir()) == sorted(["bin", "README", INSTALLED_MARKER])
     assert (installed / INSTALLED_MARKER).read_text().strip() == sha
-    assert (installed / "bin" / "tool").stat().st_mode & 0o022 == 0, "no group/other write bits"
+    mode = (installed / "bin" / "tool").stat().st_mode
+    assert mode & 0o022 == 0 and mode & 0o6000 == 0, f"{oct(mode)}: no group/other write, no setuid/setgid"
+    assert mode & 0o100, "still executable"
     assert not Path(f"{installed}.ccfactory-new").exists()
 
 

@@ -151,3 +151,20 @@ def test_plain_http_only_in_lab_overlay():
     with pytest.raises(BomError, match="url: Value error, must be an https"):
         parse_bom(entry)
     assert parse_bom(entry, lab_overlay=True).artifact("a").url.startswith("http://")
+
+
+def test_artifact_for_host_reports_problems_instead_of_raising(tmp_path):
+    from ccfactory.bom.fetch import artifact_for_host
+    from ccfactory.config import load_node_config
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    local = tmp_path / "local"
+    local.mkdir()
+    data = {"tee": "none", "artifact_source": "local", "artifact_dir": str(local), "artifact_cache_dir": str(blocker / "cache")}
+    cfg = load_node_config("k1", ("kbs",), data, check_files=False)
+    artifact, path, problem = artifact_for_host(cfg, "kata-static")
+    assert artifact is not None and path is None
+    assert problem.startswith(f"kata-static: cannot fetch it into the cache {blocker / 'cache'}:"), problem
+    artifact, path, problem = artifact_for_host(cfg, "gpu-admin-tools")  # pending: not pinned
+    assert artifact is None and path is None and "is not pinned in the BOM" in problem

@@ -89,6 +89,8 @@ def test_connector_and_global_keys_are_pyinfra_s():
         ({**GOOD, "reboot_batch_size": 0}, WORKER, "w1: reboot_batch_size: Input should be greater than or equal to 1"),
         ({**GOOD, "reboot_timeout": 600, "reboot_graceful_timeout": 600}, WORKER,
          "w1: reboot_graceful_timeout: 600s is not below reboot_timeout (600s)"),
+        ({**GOOD, "reboot_graceful_timeout": 5}, WORKER,
+         "w1: reboot_graceful_timeout: 5s is too short: a host still stopping its services would be reset hard"),
         ({**GOOD, "lab": True}, WORKER, "w1: lab: lab is true but lab_dir is not set"),
         ({"tee": "none", "gpu_count": 2, "gpu_model": "H100"}, ("kbs",), "GPU CC mode needs a CPU TEE"),
         ({"bmc_password_file": "/etc/x"}, ("kbs",), "a BMC password reference is set but no bmc_address"),

@@ -41,6 +41,7 @@ def test_no_wait_with_rebooting_stages_and_a_smaller_batch_is_refused(stages):
         (["host"], 1, 1, ARGV),  # one host (e.g. --limit)
         (["host"], 4, 1, ["pyinfra", "inventories/site.py", "deploy/host.py"]),  # rolling batches hold
         (["host"], 4, 1, ["pyinfra", "--serial", "inventories/site.py", "deploy/host.py"]),  # one at a time
+        (["host"], 4, 1, ["pyinfra", "--serial", "--no-wait", "inventories/site.py", "deploy/host.py"]),  # serial wins
     ],
 )
 def test_runs_whose_reboots_stay_within_the_batch_are_let_through(stages, hosts, batch, argv):

@@ -87,6 +87,26 @@ def test_policy_and_reference_value_files(tmp_path):
     assert "kbs_policy_file: file" in problems(kbs_cfg(), {"kbs_policy_file": str(tmp_path / "nope.rego")})
 
 
+@pytest.mark.parametrize(
+    "name, content, said",
+    [
+        ("rv.json", b'["aa", "bb"]', "must be a JSON table of name = [values], not a list"),
+        ("rv.json", b"\xff\xfe not text", "not valid JSON"),
+        ("rv.toml", b"\xff\xfe = 1", "not valid TOML"),
+    ],
+)
+def test_reference_value_files_of_the_wrong_shape_are_refused_by_name(tmp_path, name, content, said):
+    rv = tmp_path / name
+    rv.write_bytes(content)
+    text = problems(kbs_cfg(), {"kbs_reference_values_file": str(rv)})
+    assert "kbs_reference_values_file" in text and said in text, text
+    # and through inventory validation: a problem of the host, not a crash
+    from ccfactory.config import InventoryError
+
+    with pytest.raises(InventoryError, match="kbs_reference_values_file"):
+        load_node_config("kbs-01", ["kbs"], {"kbs_url": "https://kbs-01:8443", "kbs_reference_values_file": str(rv)})
+
+
 def test_operator_pki_paths_are_checked(tmp_path):
     text = problems(kbs_cfg(), {"kbs_tls_cert_file": str(tmp_path / "c.pem"), "kbs_admin_key_file": str(tmp_path / "a")})
     assert "kbs_tls_cert_file: file" in text and "kbs_admin_key_file: file" in text

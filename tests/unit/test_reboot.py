@@ -99,6 +99,16 @@ def test_a_host_that_went_down_is_not_escalated_while_it_boots():
     assert ok and action.calls == []
 
 
+def test_a_host_whose_boot_id_cannot_be_read_is_not_escalated():
+    clock = FakeClock()
+    # connects, but the fact fails (going down, or sudo not ready while booting), then comes back
+    host = FakeHost([(True, "old")] + [(True, None)] * 10 + [(True, "new")])
+    action = Escalate(host, clock, then=[])
+    ok = wait_for_new_boot(host, "old", timeout=600, poll_interval=10, reason="bios", escalation=Escalation(30, action),
+                           clock=clock, sleep=clock.sleep)
+    assert ok and action.calls == []
+
+
 def test_escalation_runs_once_and_nothing_to_escalate_keeps_waiting_until_the_timeout():
     clock = FakeClock()
     host = FakeHost([(True, "old")] * 1000)

@@ -171,7 +171,11 @@ def bom_for(lab: bool, lab_dir: str | None) -> Bom:
     path = Path(lab_dir) / LAB_BOM
     if not path.is_file():
         return bom
-    overlay = parse_bom(path.read_text(), origin=str(path), lab_overlay=True)
+    try:
+        text = path.read_text()
+    except (OSError, ValueError) as exc:  # unreadable, or not UTF-8 text
+        raise BomError(f"{path}: cannot read it: {exc}") from None
+    overlay = parse_bom(text, origin=str(path), lab_overlay=True)
     replaced = {a.name for a in overlay.artifacts}
     return Bom(
         schema_version=bom.schema_version,

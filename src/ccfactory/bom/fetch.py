@@ -161,4 +161,6 @@ def artifact_for_host(cfg, name: str, progress: Callable[[str], None] | None = N
         path = fetch_artifact(artifact, cfg.artifacts, progress=progress)
     except ArtifactFetchError as exc:
         return artifact, None, str(exc)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # cache dir, ~user, pip: one host, not the run
+        return artifact, None, f"{artifact.name}: cannot fetch it into the cache {cfg.artifacts.cache_dir}: {exc}"
     return artifact, str(path), ""

@@ -109,11 +109,16 @@ def load_reference_values_file(path: Path) -> dict[str, list]:
     """``name = [values]`` from a TOML or JSON file (a scalar becomes a one-item list)."""
     import json
 
-    text = path.read_text()
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
+        text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise KbsSettingsError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+    except OSError as exc:
+        raise KbsSettingsError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:  # bad JSON or TOML, or not UTF-8 text
+        raise KbsSettingsError(f"{path}: not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise KbsSettingsError(f"{path}: must be a {kind} table of name = [values], not a {type(data).__name__}")
     return {str(k): (v if isinstance(v, list) else [v]) for k, v in data.items()}
 
 

@@ -3,8 +3,9 @@
 The tarball is already on the host (``files.put``). One shell command checks its sha256
 again on the host, unpacks it into a staging directory beside ``dest`` (top directory
 stripped: release and tag archives have one), checks the tree, records the checksum in
-``dest/.ccfactory-sha256`` and only then replaces ``dest`` whole, so a run cut off half way
-leaves the previous tree in place.
+``dest/.ccfactory-sha256`` and only then replaces ``dest`` (``rm -rf`` then ``mv``: a run
+cut off before that leaves the previous tree in place; between the two there is a moment
+without one). Modes from the archive lose group/other write and setuid/setgid bits.
 
 Example (inside an ``@operation``)::
 
@@ -41,9 +42,9 @@ def verified_unpack(archive: str, dest: str, sha256: str, *, entry: str, executa
                 f"echo {shlex.quote(f'{sha256}  {archive}')} | sha256sum -c --quiet -",
                 f"rm -rf {tmp}",
                 f"mkdir -p {tmp}",
-                f"tar -xf {a} -C {tmp} --strip-components=1 --no-same-owner",
+                f"tar -xf {a} -C {tmp} --strip-components=1 --no-same-owner --no-same-permissions",
                 f"test {'-x' if executable else '-f'} {tmp}/{shlex.quote(entry)}",
-                f"chmod -R go-w {tmp}",
+                f"chmod -R go-w,ug-s {tmp}",
                 f"echo {shlex.quote(sha256)} > {tmp}/{INSTALLED_MARKER}",
                 f"rm -rf {d}",
                 f"mv {tmp} {d}",

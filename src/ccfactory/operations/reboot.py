@@ -85,8 +85,10 @@ def wait_for_new_boot(
             if boot_id and boot_id != old_boot_id:
                 target_host.log_styled(f"back after {int(elapsed)}s ({reason})", log_func=logger.info)
                 return True
-            target_host.disconnect()  # still the old boot: the host has not gone down yet
-            if not escalated and clock() - start >= escalation.after:
+            target_host.disconnect()  # still the old boot, or no answer to the fact: not back yet
+            # only a host that *answers with its old boot id* is escalated: one whose fact
+            # failed may be half way down or half way up, and must not be reset hard
+            if not escalated and boot_id == old_boot_id and clock() - start >= escalation.after:
                 escalated = True
                 waited = int(clock() - start)
                 try:
