@@ -279,8 +279,10 @@ class Harness:
                 self.on_reboot(node, self.reboots[node.name])
             gevent.sleep(0.05)
             escalation = kw.get("escalation")
-            if node.facts(BootId) == old_boot_id and escalation is not None:
-                # still up on the old boot: the real mechanism escalates after the grace period
+            op = node.state().power.op
+            answers = op is None or not op.hang  # a reset hung in POST: the node does not answer SSH
+            if answers and node.facts(BootId) == old_boot_id and escalation is not None:
+                # answering on the old boot: the real mechanism escalates after the grace period
                 done = escalation.action(target_host)
                 if done:
                     self.escalations[node.name] = self.escalations.get(node.name, 0) + 1
