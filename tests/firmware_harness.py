@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
-import subprocess
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,53 +31,31 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import StateStage
-from pyinfra.connectors.util import CommandOutput
-from pyinfra.facts.files import FileContents
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ccfactory.clients.redfish import RedfishClient, RetryPolicy
 from ccfactory.facts.node import BootId
-from ccfactory.facts.tee import TeeHostStatus, tee_command
 from ccfactory.lab.bmc.emulator import wsgi_for
 from ccfactory.lab.bmc.pki import ensure_lab_ca, ensure_server_cert
-from ccfactory.lab.bmc.state import StateStore, platform_features_for
+from ccfactory.lab.bmc.state import StateStore
 from ccfactory.lab.bmc.testing import make_bmc
-from ccfactory.lab.bootconfig import BootConfig
-from ccfactory.lab.hwprofile import load_profile
-from ccfactory.lab.render import RenderInput, render
 from ccfactory.operations import firmware as firmware_ops
 from ccfactory.operations import reboot
-from support import materialize, run_fact_command
+from support import SimulatedFirmwareHost
 
 WSGIRequestHandler.log_request = lambda *a, **k: None  # type: ignore[method-assign]  # quiet server
 
 VENDORS = ("dell", "hpe", "lenovo", "supermicro", "generic")
 TEES = ("snp", "tdx")
-# Passes (= PATCH + reboot) from a factory BIOS, per vendor and TEE: one per stage of the
-# profile, plus one where the BMC locks SGXFactoryReset until SGX is applied.
-EXPECTED_PASSES = {
-    ("dell", "snp"): 3,
-    ("dell", "tdx"): 3,
-    ("hpe", "snp"): 2,
-    ("hpe", "tdx"): 3,
-    ("lenovo", "snp"): 3,
-    ("lenovo", "tdx"): 3,
-    ("supermicro", "snp"): 3,
-    ("supermicro", "tdx"): 5,
-    ("generic", "snp"): 3,
-    ("generic", "tdx"): 5,
-}
-HW_PROFILE = {"snp": "amd-snp-hgx", "tdx": "intel-tdx"}
-KERNEL_SIDE = {"snp": "", "tdx": " intel_iommu=on kvm_intel.tdx=1 nohibernate"}  # what the host stage adds
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class Node:
+class Node(SimulatedFirmwareHost):
     """One simulated host: its lab BMC (HTTP on 127.0.0.1) and its SSH-side state."""
 
     def __init__(self, root: Path, name: str, index: int, vendor: str, tee: str, tls: bool = False):
-        self.name, self.vendor, self.tee, self.tls = name, vendor, tee, tls
-        self.lab_dir = root / "lab"
+        super().__init__(root / "lab", name, tee, root / "render" / name)
+        self.vendor, self.tls = vendor, tls
         self.bmc = make_bmc(self.lab_dir, node=name, index=index, vendor=vendor, tee=tee, power="simulated")
         self.seen: list[tuple[str, str]] = []
         app = wsgi_for(self.bmc.runtime)
@@ -100,10 +76,6 @@ class Node:
         self.password_file = root / f"{name}.password"
         self.password_file.write_text(self.bmc.password + "\n")
         self.password_file.chmod(0o600)
-        self.marker: list[str] | None = None
-        self.kernel_ready = True  # the host stage's kernel side is in place
-        self.shell_log: list[str] = []
-        self.render_root = root / "render" / name
         self.data: dict[str, Any] = {
             "bmc_vendor": vendor,
             "bmc_address": "127.0.0.1",
@@ -124,9 +96,6 @@ class Node:
 
     def state(self):
         return StateStore(self.lab_dir, self.name).load()
-
-    def features(self):
-        return platform_features_for(self.lab_dir, self.name)
 
     def tee_on(self) -> bool:
         f = self.features()
@@ -158,38 +127,6 @@ class Node:
             name=name,
             secret_hint=bmc.password.describe(),
         )
-
-    # -- SSH side
-
-    def facts(self, cls: Any, *args: Any, **kwargs: Any) -> Any:
-        if cls is FileContents:
-            return list(self.marker) if kwargs.get("path") == firmware_ops.MARKER and self.marker else None
-        if cls is BootId:
-            return f"boot-{self.state().boots}"
-        if cls is TeeHostStatus:
-            return self.tee_status()
-        raise AssertionError(f"{self.name}: unexpected fact {cls}")
-
-    def shell(self, command: Any, print_output: bool = False, print_input: bool = False, **kwargs: Any):
-        text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
-        self.shell_log.append(text)
-        if firmware_ops.MARKER in text:
-            if text.startswith("rm -f"):
-                self.marker = None
-            else:
-                words = shlex.split(text.split("&&", 1)[1])
-                self.marker = [line for line in words[2].split("\n") if line]
-        return True, CommandOutput([])
-
-    def tee_status(self):
-        """What TeeHostStatus reads on the node, rendered by the lab from the applied BIOS."""
-        profile = load_profile(HW_PROFILE[self.tee])
-        cmdline = profile.kernel["cmdline"] + (KERNEL_SIDE[self.tee] if self.kernel_ready else "")
-        files = render(RenderInput(self.name, profile, self.features(), BootConfig(cmdline)))
-        root = self.render_root
-        subprocess.run(["rm", "-rf", str(root)], check=True)
-        materialize(files, root)
-        return TeeHostStatus().process(run_fact_command(tee_command(str(root)), root.parent))
 
     def close(self) -> None:
         self.server.shutdown()

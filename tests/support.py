@@ -72,3 +72,91 @@ class CountingListener:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# The lab's hardware profile for each TEE, and what the host stage adds to its command line
+HW_PROFILE = {"snp": "amd-snp-hgx", "tdx": "intel-tdx"}
+KERNEL_SIDE = {"snp": "", "tdx": " intel_iommu=on kvm_intel.tdx=1 nohibernate"}
+# Firmware passes (= PATCH + reboot) from a factory BIOS, per BMC vendor and TEE: one per stage
+# of the profile, plus one where the BMC locks SGXFactoryReset until SGX is applied.
+EXPECTED_PASSES = {
+    ("dell", "snp"): 3,
+    ("dell", "tdx"): 3,
+    ("hpe", "snp"): 2,
+    ("hpe", "tdx"): 3,
+    ("lenovo", "snp"): 3,
+    ("lenovo", "tdx"): 3,
+    ("supermicro", "snp"): 3,
+    ("supermicro", "tdx"): 5,
+    ("generic", "snp"): 3,
+    ("generic", "tdx"): 5,
+}
+
+
+class SimulatedFirmwareHost:
+    """The SSH side of a host whose BMC is a lab emulator and which boots no node, as the
+    firmware stage sees it: the boot id is the BMC's POST count, ``TeeHostStatus`` is what
+    the lab renders from the BMC's *applied* BIOS, the one-shot marker file lives in memory.
+
+    Attach it to a pyinfra host: ``host.get_fact = sim.facts; host.run_shell_command = sim.shell``.
+    """
+
+    def __init__(self, lab_dir: Path, name: str, tee: str, render_root: Path) -> None:
+        self.lab_dir, self.name, self.tee, self.render_root = lab_dir, name, tee, render_root
+        self.marker: list[str] | None = None
+        self.kernel_ready = True  # the host stage's kernel side is in place
+        self.shell_log: list[str] = []
+
+    def features(self):
+        from ccfactory.lab.bmc.state import platform_features_for
+
+        return platform_features_for(self.lab_dir, self.name)
+
+    def facts(self, cls, *args, **kwargs):
+        from pyinfra.facts.files import FileContents
+
+        from ccfactory.facts.node import BootId
+        from ccfactory.facts.tee import TeeHostStatus
+        from ccfactory.lab.bmc.state import StateStore
+        from ccfactory.operations import firmware as firmware_ops
+
+        if cls is FileContents:
+            return list(self.marker) if kwargs.get("path") == firmware_ops.MARKER and self.marker else None
+        if cls is BootId:
+            return f"boot-{StateStore(self.lab_dir, self.name).load().boots}"
+        if cls is TeeHostStatus:
+            return self.tee_status()
+        raise AssertionError(f"{self.name}: fact {cls} is not simulated")
+
+    def shell(self, command, *args, **kwargs):
+        import shlex
+
+        from pyinfra.connectors.util import CommandOutput
+
+        from ccfactory.operations import firmware as firmware_ops
+
+        text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
+        self.shell_log.append(text)
+        if firmware_ops.MARKER in text:
+            if text.startswith("rm -f"):
+                self.marker = None
+            else:
+                words = shlex.split(text.split("&&", 1)[1])
+                self.marker = [line for line in words[2].split("\n") if line]
+        return True, CommandOutput([])
+
+    def tee_status(self):
+        """What TeeHostStatus reads on the node, rendered by the lab from the applied BIOS."""
+        import shutil
+
+        from ccfactory.facts.tee import TeeHostStatus, tee_command
+        from ccfactory.lab.bootconfig import BootConfig
+        from ccfactory.lab.hwprofile import load_profile
+        from ccfactory.lab.render import RenderInput, render
+
+        profile = load_profile(HW_PROFILE[self.tee])
+        cmdline = profile.kernel["cmdline"] + (KERNEL_SIDE[self.tee] if self.kernel_ready else "")
+        files = render(RenderInput(self.name, profile, self.features(), BootConfig(cmdline)))
+        shutil.rmtree(self.render_root, ignore_errors=True)
+        materialize(files, self.render_root)
+        return TeeHostStatus().process(run_fact_command(tee_command(str(self.render_root)), self.render_root.parent))

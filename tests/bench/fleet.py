@@ -20,23 +20,19 @@ import logging
 import math
 import os
 import re
-import shlex
 import shutil
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from support import materialize, run_fact_command  # tests/ is on sys.path (run.py puts it there)
+from support import SimulatedFirmwareHost  # tests/ is on sys.path (run.py puts it there)
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SUMMARY = re.compile(
     r"ccfactory firmware: (?P<stages>\d+) stage\(s\).*?, (?P<reboots>\d+) reboot\(s\), (?P<requests>\d+) Redfish request\(s\)"
 )
-HW_PROFILE = {"snp": "amd-snp-hgx", "tdx": "intel-tdx"}
-KERNEL_SIDE = {"snp": "", "tdx": " intel_iommu=on kvm_intel.tdx=1 nohibernate"}  # what the host stage adds
 FIRST_INDEX = 101  # BMC addresses 10.199.1.111.. stay clear of the lab's own nodes (10.199.1.11..)
 
 
@@ -73,60 +69,7 @@ class _Capture(logging.Handler):
         self.lines.append(ANSI.sub("", record.getMessage()))
 
 
-class _SimulatedNode:
-    """The SSH side of one BMC-only host: boot id from the BMC, TEE status rendered from it."""
-
-    def __init__(self, lab_dir: Path, node: str, tee: str, work: Path):
-        self.lab_dir, self.node, self.tee, self.work = lab_dir, node, tee, work
-        self.marker: list[str] | None = None
-
-    def get_fact(self, cls: Any, *args: Any, **kwargs: Any) -> Any:
-        from pyinfra.facts.files import FileContents
-
-        from ccfactory.facts.node import BootId
-        from ccfactory.facts.tee import TeeHostStatus
-        from ccfactory.lab.bmc.state import StateStore
-        from ccfactory.operations import firmware as firmware_ops
-
-        if cls is FileContents and kwargs.get("path") == firmware_ops.MARKER:
-            return list(self.marker) if self.marker else None
-        if cls is BootId:
-            return f"boot-{StateStore(self.lab_dir, self.node).load().boots}"
-        if cls is TeeHostStatus:
-            return self.tee_status()
-        raise AssertionError(f"{self.node}: the fleet benchmark does not simulate fact {cls}")
-
-    def run_shell_command(self, command: Any, *args: Any, **kwargs: Any):
-        from pyinfra.connectors.util import CommandOutput
-
-        from ccfactory.operations import firmware as firmware_ops
-
-        text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
-        if firmware_ops.MARKER in text:
-            if text.startswith("rm -f"):
-                self.marker = None
-            else:
-                words = shlex.split(text.split("&&", 1)[1])
-                self.marker = [line for line in words[2].split("\n") if line]
-        return True, CommandOutput([])
-
-    def tee_status(self):
-        from ccfactory.facts.tee import TeeHostStatus, tee_command
-        from ccfactory.lab.bmc.state import platform_features_for
-        from ccfactory.lab.bootconfig import BootConfig
-        from ccfactory.lab.hwprofile import load_profile
-        from ccfactory.lab.render import RenderInput, render
-
-        profile = load_profile(HW_PROFILE[self.tee])
-        features = platform_features_for(self.lab_dir, self.node)
-        files = render(RenderInput(self.node, profile, features, BootConfig(profile.kernel["cmdline"] + KERNEL_SIDE[self.tee])))
-        root = self.work / self.node
-        shutil.rmtree(root, ignore_errors=True)
-        materialize(files, root)
-        return TeeHostStatus().process(run_fact_command(tee_command(str(root)), self.work))
-
-
-def _run_role(lab_dir: Path, hosts: list[tuple[str, dict]], groups: dict[str, list[str]], nodes: dict[str, _SimulatedNode]):
+def _run_role(lab_dir: Path, hosts: list[tuple[str, dict]], groups: dict[str, list[str]], nodes: dict[str, SimulatedFirmwareHost]):
     """One pyinfra API run of the firmware role; returns (state, inventory, capture, prepare_s, execute_s, op times)."""
     from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all
@@ -164,8 +107,8 @@ def _run_role(lab_dir: Path, hosts: list[tuple[str, dict]], groups: dict[str, li
         connect_all(state)
         for host in inventory:
             sim = nodes[host.name.removeprefix("@fake/")]
-            host.get_fact = sim.get_fact
-            host.run_shell_command = sim.run_shell_command
+            host.get_fact = sim.facts
+            host.run_shell_command = sim.shell
         state.set_stage(StateStage.Prepare)
         t0 = time.monotonic()
         add_deploy(state, firmware.apply)
@@ -260,7 +203,7 @@ def run_fleet(
             }))
             groups["workers"].append(name)
             groups[spec.tee].append(name)
-            nodes[spec.node] = _SimulatedNode(lab_dir, spec.node, spec.tee, work / "render")
+            nodes[spec.node] = SimulatedFirmwareHost(lab_dir, spec.node, spec.tee, work / "render" / spec.node)
 
         state, inventory, capture, prep, execute, ops = _run_role(lab_dir, hosts, groups, nodes)
         passes = _changed_passes(state, inventory)

@@ -33,6 +33,7 @@ from ccfactory.lab.bmc.state import StateStore
 from ccfactory.lab.bmc.state import reset as reset_bios
 from ccfactory.lab.power import power
 from ccfactory.operations.firmware import MARKER
+from support import EXPECTED_PASSES  # = reboots per vendor and TEE
 
 pytestmark = pytest.mark.lab
 
@@ -41,18 +42,6 @@ VENDORS = ["dell", "hpe", "lenovo", "supermicro", "generic"]
 PROFILES = {"snp": "amd-snp-hgx", "tdx": "intel-tdx"}
 # nodes 1..10: profiles alternate snp/tdx, vendors go dell, dell, hpe, hpe, ...
 LAYOUT = [(VENDORS[i // 2], "snp" if i % 2 == 0 else "tdx") for i in range(10)]
-EXPECTED_PASSES = {  # = reboots; tests/firmware_harness.py has the same table for the unit tests
-    ("dell", "snp"): 3,
-    ("dell", "tdx"): 3,
-    ("hpe", "snp"): 2,
-    ("hpe", "tdx"): 3,
-    ("lenovo", "snp"): 3,
-    ("lenovo", "tdx"): 3,
-    ("supermicro", "snp"): 3,
-    ("supermicro", "tdx"): 5,
-    ("generic", "snp"): 3,
-    ("generic", "tdx"): 5,
-}
 TDX_OPT_IN = "/etc/modprobe.d/ccfactory-test-tdx.conf"
 TEE_PARAM = {"snp": "/sys/module/kvm_amd/parameters/sev_snp", "tdx": "/sys/module/kvm_intel/parameters/tdx"}
 SHIM = """\

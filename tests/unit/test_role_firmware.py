@@ -5,7 +5,8 @@ change, dry runs that write nothing, rolling reboots, re-runs after an interrupt
 from __future__ import annotations
 
 import pytest
-from firmware_harness import EXPECTED_PASSES, TEES, VENDORS, Harness
+from firmware_harness import TEES, VENDORS, Harness
+from support import EXPECTED_PASSES
 
 from ccfactory.firmware import bios_profile_for
 from ccfactory.firmware.driver import FirmwareDriver
