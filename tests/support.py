@@ -160,3 +160,38 @@ class SimulatedFirmwareHost:
         shutil.rmtree(self.render_root, ignore_errors=True)
         materialize(files, self.render_root)
         return TeeHostStatus().process(run_fact_command(tee_command(str(self.render_root)), self.render_root.parent))
+
+
+def plan_role_on_fake_host(host_name: str, data: dict, groups: dict[str, list[str]], get_fact, apply, *,
+                           strip: str = "") -> tuple[list[tuple], object]:
+    """Prepare a role (its ``@deploy`` ``apply``) for one ``@fake`` host whose facts come from
+    ``get_fact``, as pyinfra's CLI would before executing; nothing runs.
+
+    Returns ``([(operation name without the prefix strip, will change, commands, global
+    arguments)], the host's meta)``, in operation order.
+    """
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.deploy import add_deploy
+    from pyinfra.api.state import StateStage
+    from pyinfra.context import ctx_host, ctx_state
+
+    inventory = Inventory(([(host_name, data)], {}), **{g: (members, {}) for g, members in groups.items()})
+    state = State(inventory, Config())
+    state.set_stage(StateStage.Connect)
+    connect_all(state)
+    host = inventory.get_host(host_name)
+    host.get_fact = get_fact
+    state.set_stage(StateStage.Prepare)
+    add_deploy(state, apply)
+    ops = []
+    for op_hash in state.get_op_order():
+        if op_hash not in state.ops[host]:
+            continue
+        op_data = state.get_op_data_for_host(host, op_hash)
+        meta = state.get_op_meta(op_hash)
+        with ctx_state.use(state), ctx_host.use(host):
+            commands = list(op_data.command_generator())
+        arguments = {**op_data.global_arguments, **meta.global_arguments}  # + _parallel ...
+        ops.append((", ".join(meta.names).removeprefix(strip), op_data.operation_meta._maybe_is_change, commands, arguments))
+    return ops, state.get_meta_for_host(host)

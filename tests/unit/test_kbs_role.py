@@ -7,12 +7,8 @@ import json
 
 import pytest
 import tomli_w
-from pyinfra.api import Config, Inventory, State
-from pyinfra.api.connect import connect_all
-from pyinfra.api.deploy import add_deploy
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import FileContents
+from support import plan_role_on_fake_host
 from test_standin_trustee_helpers import free_port
 
 from ccfactory.bom import LAB_BOM
@@ -48,7 +44,7 @@ def _lab(tmp_path):
     return lab
 
 
-def run_role(tmp_path, monkeypatch, *, lab: bool, groups=("kbs",), url=None):
+def run_role(tmp_path, monkeypatch, *, lab: bool, groups=("kbs",), url=None, extra=None):
     monkeypatch.setattr("ccfactory.kbs.settings.DEFAULT_PKI_ROOT", str(tmp_path / "sites"))
     lab_dir = _lab(tmp_path)
     data = {
@@ -60,33 +56,19 @@ def run_role(tmp_path, monkeypatch, *, lab: bool, groups=("kbs",), url=None):
         "artifact_cache_dir": str(tmp_path / "cache"),
         "fake_delay": 0,
         "fake_delay_jitter": 0,
+        **(extra or {}),
     }
-    inv = Inventory(([(HOST, data)], {}), **{g: ([HOST], {}) for g in groups})
-    state = State(inv, Config())
-    state.set_stage(StateStage.Connect)
-    connect_all(state)
-    host = inv.get_host(HOST)
     from pyinfra.facts.deb import DebPackages
     from pyinfra.facts.files import Directory, File, Link, Sha1File
     from pyinfra.facts.server import Date, Groups, Os, Users, Which
     from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-    host.get_fact = Facts({File: None, Directory: None, Link: None, Sha1File: None, Users: {}, Groups: [],
-                           FileContents: None, DebPackages: {}, SystemdStatus: {}, SystemdEnabled: {},
-                           Date: None, Os: "Linux", Which: lambda command: f"/usr/sbin/{command}"})  # fmt: skip
-    state.set_stage(StateStage.Prepare)
     from ccfactory.roles import kbs
 
-    add_deploy(state, kbs.apply)
-    ops = []
-    for op_hash in state.get_op_order():
-        if op_hash not in state.ops[host]:
-            continue
-        op = state.get_op_data_for_host(host, op_hash)
-        name = ", ".join(state.get_op_meta(op_hash).names).removeprefix("KBS | ")
-        with ctx_state.use(state), ctx_host.use(host):
-            commands = list(op.command_generator())
-        ops.append((name, op.operation_meta._maybe_is_change, commands, op.global_arguments))
+    facts = Facts({File: None, Directory: None, Link: None, Sha1File: None, Users: {}, Groups: [],
+                   FileContents: None, DebPackages: {}, SystemdStatus: {}, SystemdEnabled: {},
+                   Date: None, Os: "Linux", Which: lambda command: f"/usr/sbin/{command}"})  # fmt: skip
+    ops, _ = plan_role_on_fake_host(HOST, data, {g: [HOST] for g in groups}, facts, kbs.apply, strip="KBS | ")
     return ops
 
 
@@ -144,31 +126,14 @@ def test_lab_permissive_outside_the_lab_stops_the_role(tmp_path, monkeypatch):
         kbs_settings(cfg, {"kbs_lab_permissive": True})
 
 
-def test_role_reads_the_stage_keys_once_registered(tmp_path, monkeypatch):
-    """With the KBS keys in HostData (the lead's registration, simulated here), the role passes
-    resources, reference values and the lab-permissive choice to the controller-side operations."""
-    from typing import Any
-
-    from pydantic import create_model
-
-    import ccfactory.config as config_mod
-    from ccfactory.kbs.settings import KEYS
-
-    registered = create_model("HostDataWithKbs", __base__=config_mod.HostData,
-                              **{k: (Any, default) for k, (_, default, _) in KEYS.items()})  # fmt: skip
-    monkeypatch.setattr(config_mod, "HostData", registered)
+def test_role_passes_the_stage_keys_to_the_controller_side_operations(tmp_path, monkeypatch):
+    """Resources, reference values and the lab-permissive choice reach the controller-side
+    operations (as paths: the resource's content is never in the plan)."""
     secret = tmp_path / "model.key"
     secret.write_bytes(b"SECRET-CONTENT-123")
-    original = run_role.__globals__["Inventory"]
-
-    def inventory_with_keys(hosts, **groups):
-        (name, data), = hosts[0]
-        data.update({"kbs_resources": {"models/m/key": str(secret)}, "kbs_lab_permissive": True,
-                     "kbs_reference_values": {"svn": ["1"]}})  # fmt: skip
-        return original(hosts, **groups)
-
-    monkeypatch.setitem(run_role.__globals__, "Inventory", inventory_with_keys)
-    ops = run_role(tmp_path, monkeypatch, lab=True)
+    extra = {"kbs_resources": {"models/m/key": str(secret)}, "kbs_lab_permissive": True,
+             "kbs_reference_values": {"svn": ["1"]}}  # fmt: skip
+    ops = run_role(tmp_path, monkeypatch, lab=True, extra=extra)
     (_, change, (sync,), _) = next(o for o in ops if o[0] == "KBS policies, reference values and resources")
     spec = sync.args[0]
     assert spec.resources == {"models/m/key": str(secret)} and spec.reference_values == {"svn": ["1"]}

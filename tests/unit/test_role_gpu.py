@@ -5,11 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from pyinfra.api import Config, Inventory, State
-from pyinfra.api.connect import connect_all
-from pyinfra.api.deploy import add_deploy
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import FileContents, Sha1File
 
 from ccfactory.config import GpuConfig
@@ -21,6 +16,7 @@ from ccfactory.operations import gpu as gpu_ops
 from ccfactory.operations.gpu import plan_modes
 from ccfactory.parsers.gpuhost import GpuDriverState, gpu_driver_state, nvidia_devices_from_lines
 from ccfactory.roles.gpu.plan import VFIO_CONF, plan_stage, render_vfio_conf
+from support import plan_role_on_fake_host
 
 GPUS = ["0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0", "0000:9a:00.0", "0000:ab:00.0", "0000:ba:00.0", "0000:db:00.0"]
 SWITCHES = ["0000:c5:00.0", "0000:c6:00.0", "0000:c7:00.0", "0000:c8:00.0"]
@@ -208,27 +204,12 @@ def run_role(tmp_path, facts: dict, *, mode="on", lab=True, count=8):
         "fake_delay": 0,
         "fake_delay_jitter": 0,
     }
-    inv = Inventory(([(HOST, data)], {}), workers=([HOST], {}), snp=([HOST], {}), gpu=([HOST], {}))
-    state = State(inv, Config())
-    state.set_stage(StateStage.Connect)
-    connect_all(state)
-    host = inv.get_host(HOST)
-    answers = Facts(facts)
-    host.get_fact = answers
-    state.set_stage(StateStage.Prepare)
     from ccfactory.roles import gpu
 
-    add_deploy(state, gpu.apply)
-    ops = []
-    for op_hash in state.get_op_order():
-        if op_hash not in state.ops[host]:
-            continue
-        data = state.get_op_data_for_host(host, op_hash)
-        name = ", ".join(state.get_op_meta(op_hash).names)
-        with ctx_state.use(state), ctx_host.use(host):
-            commands = list(data.command_generator())
-        ops.append((name, data.operation_meta._maybe_is_change, commands))
-    return ops, answers, state.get_meta_for_host(host)
+    answers = Facts(facts)
+    groups = {g: [HOST] for g in ("workers", "snp", "gpu")}
+    ops, meta = plan_role_on_fake_host(HOST, data, groups, answers, gpu.apply)
+    return [(name, change, commands) for name, change, commands, _ in ops], answers, meta
 
 
 def _tool_sha(tmp_path):

@@ -12,11 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from pyinfra.api import Config, FileUploadCommand, FunctionCommand, Inventory, State
-from pyinfra.api.connect import connect_all
-from pyinfra.api.deploy import add_deploy
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_host, ctx_state
+from pyinfra.api import FileUploadCommand, FunctionCommand
 from pyinfra.facts.files import Directory, File, FileContents, Sha1File
 from pyinfra.facts.server import TmpDir
 
@@ -25,6 +21,7 @@ from ccfactory.facts.tee import TeeHostStatus
 from ccfactory.operations import host as host_ops
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootConfig
 from ccfactory.roles.host.plan import DROPIN, GPU_CONF, TEE_CONF
+from support import plan_role_on_fake_host
 from test_role_host_sim import BIOS_OFF, SNP_ON, SimNode
 
 HOST = "@fake/node1"
@@ -76,33 +73,16 @@ def run_role(node: SimNode, tmp_path, *, tee="snp", gpus=True, lab=False, extra=
     if lab:
         data |= {"lab": True, "lab_dir": str(_lab_dir(tmp_path))}
     data |= extra or {}
-    groups = {"workers": ([HOST], {})} if tee != "none" else {"kbs": ([HOST], {})}
+    groups = {"workers": [HOST]} if tee != "none" else {"kbs": [HOST]}
     if tee != "none":
-        groups[tee] = ([HOST], {})
+        groups[tee] = [HOST]
     if gpus and tee != "none":
-        groups["gpu"] = ([HOST], {})
-    inv = Inventory(([(HOST, data)], {}), **groups)
-    state = State(inv, Config())
-    state.set_stage(StateStage.Connect)
-    connect_all(state)
-    host = inv.get_host(HOST)
-    answers = SimFacts(node)
-    host.get_fact = answers
-    state.set_stage(StateStage.Prepare)
+        groups["gpu"] = [HOST]
     from ccfactory.roles import host as host_role
 
-    add_deploy(state, host_role.apply)
-    ops = []
-    for op_hash in state.get_op_order():
-        if op_hash not in state.ops[host]:
-            continue
-        op_data = state.get_op_data_for_host(host, op_hash)
-        name = ", ".join(state.get_op_meta(op_hash).names).removeprefix("Host | ")
-        with ctx_state.use(state), ctx_host.use(host):
-            commands = list(op_data.command_generator())
-        arguments = {**op_data.global_arguments, **state.get_op_meta(op_hash).global_arguments}  # + _parallel ...
-        ops.append((name, op_data.operation_meta._maybe_is_change, commands, arguments))
-    return ops, answers, state.get_meta_for_host(host)
+    answers = SimFacts(node)
+    ops, meta = plan_role_on_fake_host(HOST, data, groups, answers, host_role.apply, strip="Host | ")
+    return ops, answers, meta
 
 
 def changed(ops) -> list[str]:
