@@ -289,6 +289,31 @@ HPE_BIOS = load("hpe/ilo-redfish-emulator__mockups_DL380a_Systems_1_bios_index.j
 HPE_STAGE1 = {**HPE_BIOS, "ProcessorPhysicalAddress": "Default", "Tme": "Enabled"}
 
 
+def greyed_until_sgx(registry: dict[str, Any]) -> dict[str, Any]:
+    """The lab's AMI personalities: SgxFactoryReset greyed out until SGX is *applied*."""
+    registry = json.loads(json.dumps(registry))
+    registry["RegistryEntries"]["Dependencies"].append(
+        {
+            "Type": "Map",
+            "DependencyFor": "SgxFactoryReset",
+            "Dependency": {
+                "MapFrom": [
+                    {
+                        "MapFromAttribute": "SgxEnable",
+                        "MapFromCondition": "NEQ",
+                        "MapFromProperty": "CurrentValue",
+                        "MapFromValue": "Enabled",
+                    }
+                ],
+                "MapToAttribute": "SgxFactoryReset",
+                "MapToProperty": "GrayOut",
+                "MapToValue": True,
+            },
+        }
+    )
+    return registry
+
+
 def hpe_plan(current: dict[str, Any], pending: dict[str, Any] | None = None):
     return plan(current, pending, profile=bios_profile_for("hpe", "tdx"), registry=HPE_REGISTRY, bmc="dl380a")
 
@@ -320,26 +345,7 @@ def test_pending_one_shot_is_not_patched_again():
 
 def test_a_locked_one_shot_is_skipped_with_a_warning_not_an_error():
     # some BMCs (the lab's Lenovo/Supermicro personalities) grey the reset out until SGX is applied
-    registry = json.loads(json.dumps(HPE_REGISTRY))
-    registry["RegistryEntries"]["Dependencies"].append(
-        {
-            "Type": "Map",
-            "DependencyFor": "SgxFactoryReset",
-            "Dependency": {
-                "MapFrom": [
-                    {
-                        "MapFromAttribute": "SgxEnable",
-                        "MapFromCondition": "NEQ",
-                        "MapFromProperty": "CurrentValue",
-                        "MapFromValue": "Enabled",
-                    }
-                ],
-                "MapToAttribute": "SgxFactoryReset",
-                "MapToProperty": "GrayOut",
-                "MapToValue": True,
-            },
-        }
-    )
+    registry = greyed_until_sgx(HPE_REGISTRY)
     p = plan(HPE_STAGE1, profile=bios_profile_for("hpe", "tdx"), registry=registry, bmc="dl380a")
     assert dict(p.patch) == {"MkTme": "Enabled", "SgxEnable": "Enabled"}
     assert any(

@@ -4,10 +4,6 @@ settings result, and the per-host figures."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from ccfactory.clients.redfish import BiosSnapshot
@@ -15,41 +11,9 @@ from ccfactory.firmware import PlanError, bios_profile_for, plan_firmware, rende
 from ccfactory.firmware.driver import RunReport
 from ccfactory.operations.firmware import judge_tee, passes_needed
 from ccfactory.parsers.tee import parse_tee_sections
+from test_firmware_plan import HPE_BIOS, HPE_REGISTRY, HPE_STAGE1, greyed_until_sgx
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "redfish"
-HPE_REGISTRY = json.loads(
-    (
-        FIXTURES / "hpe/ilo-redfish-emulator__mockups_DL380a_RegistryStore_registries_en_biosattributeregistryu58.v1_2_44_index.json"
-    ).read_text()
-)
-HPE_BIOS = json.loads((FIXTURES / "hpe/ilo-redfish-emulator__mockups_DL380a_Systems_1_bios_index.json").read_text())["Attributes"]
-HPE_STAGE1 = {**HPE_BIOS, "ProcessorPhysicalAddress": "Default", "Tme": "Enabled"}
 HPE_STAGE2 = {**HPE_STAGE1, "MkTme": "Enabled", "SgxEnable": "Enabled", "SgxFactoryReset": "Disabled"}
-
-
-def greyed_until_sgx(registry: dict[str, Any]) -> dict[str, Any]:
-    """The lab's AMI personalities: SgxFactoryReset greyed out until SGX is *applied*."""
-    registry = json.loads(json.dumps(registry))
-    registry["RegistryEntries"]["Dependencies"].append(
-        {
-            "Type": "Map",
-            "DependencyFor": "SgxFactoryReset",
-            "Dependency": {
-                "MapFrom": [
-                    {
-                        "MapFromAttribute": "SgxEnable",
-                        "MapFromCondition": "NEQ",
-                        "MapFromProperty": "CurrentValue",
-                        "MapFromValue": "Enabled",
-                    }
-                ],
-                "MapToAttribute": "SgxFactoryReset",
-                "MapToProperty": "GrayOut",
-                "MapToValue": True,
-            },
-        }
-    )
-    return registry
 
 
 def plan(current, pending=None, registry=None, due=()):
