@@ -34,10 +34,6 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
-
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ccfactory.config import NodeConfig
 from ccfactory.distros import Distro, supported_list
@@ -55,6 +51,7 @@ from ccfactory.roles.host.grub import (
     replay,
 )
 from ccfactory.roles.host.spec import TeeSpec, norm, tee_spec
+from ccfactory.templating import environment
 
 DROPIN = "/etc/default/grub.d/60-ccfactory.cfg"
 TEE_CONF = "/etc/modprobe.d/ccfactory-tee.conf"
@@ -67,30 +64,18 @@ _DISABLING_INSTALL = ("/bin/false", "/bin/true", "/usr/bin/false", "/usr/bin/tru
 # ------------------------------------------------------------------ rendering
 
 
-@cache
-def _templates() -> Environment:
-    root = str(resources.files("ccfactory.templates"))
-    return Environment(
-        loader=FileSystemLoader(root),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
 def render_dropin(spec: TeeSpec) -> str | None:
     """``/etc/default/grub.d/60-ccfactory.cfg``, or None when the TEE adds no token."""
     if not spec.cmdline:
         return None
-    tpl = _templates().get_template("host/60-ccfactory.cfg.j2")
+    tpl = environment().get_template("host/60-ccfactory.cfg.j2")
     return tpl.render(tee_name=spec.name, cmdline=spec.cmdline, forbidden=spec.forbidden, ccfactory_source=SOURCE)
 
 
 def render_tee_conf(spec: TeeSpec) -> str | None:
     if not spec.options:
         return None
-    tpl = _templates().get_template("host/ccfactory-tee.conf.j2")
+    tpl = environment().get_template("host/ccfactory-tee.conf.j2")
     return tpl.render(tee_name=spec.name, options=spec.options, ccfactory_source=SOURCE)
 
 
@@ -98,7 +83,7 @@ def render_gpu_conf(spec: TeeSpec) -> str | None:
     """The no-host-GPU-driver file, or None for hosts without GPUs."""
     if not spec.gpu_modules:
         return None
-    tpl = _templates().get_template("host/ccfactory-no-host-gpu-driver.conf.j2")
+    tpl = environment().get_template("host/ccfactory-no-host-gpu-driver.conf.j2")
     return tpl.render(modules=spec.gpu_modules, ccfactory_source=SOURCE)
 
 

@@ -134,7 +134,7 @@ def test_runtimeclass_and_node_manifests_parse(tmp_path):
 def test_containerd_service_template_is_a_unit():
     import configparser
 
-    from ccfactory.coco.templating import render
+    from ccfactory.templating import render
 
     text = render("runtime/containerd.service.j2", ccfactory_source="x")
     parser = configparser.ConfigParser(strict=False, interpolation=None, comment_prefixes=("#",))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import tomli_w
 
-from ccfactory.coco.templating import render
+from ccfactory.templating import render
 from ccfactory.coco import spec
 
 MAIN_CONFIG = "/etc/containerd/config.toml"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import tomli_w
 
-from ccfactory.coco.templating import render
+from ccfactory.templating import render
 
 INITDATA_VERSION = "0.1.0"
 ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"

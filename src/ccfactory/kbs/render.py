@@ -22,12 +22,9 @@ Example::
 
 from __future__ import annotations
 
-from importlib import resources
-
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
 from ccfactory.kbs.client import ADMIN_ENDPOINTS, ADMIN_ISSUER, ADMIN_ROLE
 from ccfactory.kbs.schema import TRUSTEE_RELEASE
+from ccfactory.templating import environment
 
 USER = "kbs"
 INSTALL_ROOT = "/opt/ccfactory/trustee"
@@ -49,17 +46,6 @@ def install_dir(version: str) -> str:
     return f"{INSTALL_ROOT}/{version}"
 
 
-def _templates() -> Environment:
-    root = str(resources.files("ccfactory.templates"))
-    return Environment(
-        loader=FileSystemLoader(root),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
 def render_kbs_config(
     *,
     socket: str,
@@ -75,7 +61,7 @@ def render_kbs_config(
     if nvidia_verifier not in (None, "Remote", "Local"):
         raise ValueError(f"nvidia_verifier must be Remote, Local or None, not {nvidia_verifier!r}")
     return (
-        _templates()
+        environment()
         .get_template("kbs/kbs-config.toml.j2")
         .render(
             release=TRUSTEE_RELEASE,
@@ -97,7 +83,7 @@ def render_kbs_config(
 def render_unit(*, port: int, flavour: str) -> str:
     """The systemd unit (``templates/kbs/trustee-kbs.service.j2``)."""
     return (
-        _templates()
+        environment()
         .get_template("kbs/trustee-kbs.service.j2")
         .render(
             release=TRUSTEE_RELEASE,

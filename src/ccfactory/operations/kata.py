@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
-from ccfactory.coco.templating import render
+from ccfactory.templating import render
 from ccfactory.facts.kata import INSTALL_MARKER, KataInstall, KataState, parse_probe, probe_command
 from ccfactory.coco import spec
 from ccfactory.coco.spec import ShimSettings

@@ -1,6 +1,6 @@
-"""Jinja environment for the runtime stage's templates, with site overlays.
+"""The Jinja environment of ccfactory's templates (host, kbs and runtime stages), with site overlays.
 
-Templates live in ``ccfactory.templates`` (``templates/runtime/*.j2`` in a clone). A site
+Templates live in ``ccfactory.templates`` (``templates/<stage>/*.j2`` in a clone). A site
 overlay directory shadows any of them by relative path (design: "A site overlay
 directory can shadow any template by relative path"): ``overlays`` are searched first.
 
