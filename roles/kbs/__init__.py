@@ -78,6 +78,18 @@ def _fleet(inventory=None):
     return (sorted(urls) if kbs_hosts == 1 else []), tuple(sorted(tees)) or CPU_TEES, gpus
 
 
+def _site_pki(cfg, data, settings, urls):
+    """The KBS host's PKI on the controller (made once, then reused), for its URL and the fleet's."""
+    return ensure_pki(
+        settings.pki_dir,
+        site=cfg.name,
+        names=server_names(cfg.name, data),
+        kbs_url=settings.url,
+        extra_urls=[u for u in urls if u != settings.url],
+        sources=settings.sources,
+    )
+
+
 def ensure_site_pki(inventory) -> None:
     """Create (or reuse) every KBS host's keys on the controller, before any host deploys.
 
@@ -92,15 +104,7 @@ def ensure_site_pki(inventory) -> None:
             if not cfg.is_kbs:
                 continue
             data = kbs_host.data.dict()
-            settings = kbs_settings(cfg, data, fleet_urls=tuple(urls))
-            ensure_pki(
-                settings.pki_dir,
-                site=cfg.name,
-                names=server_names(cfg.name, data),
-                kbs_url=settings.url,
-                extra_urls=[u for u in urls if u != settings.url],
-                sources=settings.sources,
-            )
+            _site_pki(cfg, data, kbs_settings(cfg, data, fleet_urls=tuple(urls)), urls)
         except (InventoryError, KbsError, OSError):
             continue
 
@@ -151,14 +155,7 @@ def apply() -> None:
         return
 
     try:
-        pki = ensure_pki(
-            settings.pki_dir,
-            site=cfg.name,
-            names=server_names(cfg.name, data),
-            kbs_url=settings.url,
-            extra_urls=[u for u in urls if u != settings.url],
-            sources=settings.sources,
-        )
+        pki = _site_pki(cfg, data, settings, urls)
         policy_text = resource_policy(settings, tees, fleet_gpus)
         attestation_policy = settings.attestation_policy_file.read_text() if settings.attestation_policy_file else None
     except (KbsError, OSError) as exc:

@@ -30,19 +30,24 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    """Validate an inventory offline and print a summary of its hosts."""
+def _validated_fleet(inventory: str, limit, *, check_files: bool = True) -> dict | None:
+    """Every host's ``NodeConfig`` of an inventory file, or None after printing why not."""
     from ccfactory.config import InventoryError
     from ccfactory.inventory import load_inventory, validate_inventory
 
     try:
-        inventory = load_inventory(args.inventory)
-        fleet = validate_inventory(inventory, limit=args.limit, check_files=not args.no_files)
+        return validate_inventory(load_inventory(inventory), limit=limit, check_files=check_files)
     except InventoryError as exc:
         print(exc, file=sys.stderr)
-        return 2
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
+    return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate an inventory offline and print a summary of its hosts."""
+    fleet = _validated_fleet(args.inventory, args.limit, check_files=not args.no_files)
+    if fleet is None:
         return 2
     if args.json:
         print(json.dumps({name: cfg.model_dump(mode="json") for name, cfg in fleet.items()}, indent=2))
@@ -67,19 +72,12 @@ def cmd_firmware_plan(args: argparse.Namespace) -> int:
     """Read every BMC and print the BIOS plan per host (attribute diff, stages, reboots); writes nothing."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ccfactory.config import InventoryError
     from ccfactory.firmware import FirmwareError, render_plan
     from ccfactory.firmware.driver import FirmwareDriver, default_client
-    from ccfactory.inventory import load_inventory, validate_inventory
     from ccfactory.operations import firmware as firmware_ops
 
-    try:
-        fleet = validate_inventory(load_inventory(args.inventory), limit=args.limit)
-    except InventoryError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    fleet = _validated_fleet(args.inventory, args.limit)
+    if fleet is None:
         return 2
     targets = {n: c for n, c in fleet.items() if c.bmc is not None and c.tee in ("snp", "tdx")}
     skipped = {n: ("no TEE" if c.tee not in ("snp", "tdx") else "no BMC configured") for n, c in fleet.items() if n not in targets}

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ccfactory.lab.bmc.spec import node_dir, write_json_atomic
+from ccfactory.lab.bmc.spec import file_stamp, node_dir, write_json_atomic
 from ccfactory.lab.errors import LabError
 
 
@@ -127,16 +127,9 @@ class FaultSwitch:
         self._stamp: tuple[int, int] | None = None
         self._faults = Faults()
 
-    def _stat(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
     def current(self) -> Faults:
         """The switches now (cheap: one stat() per call)."""
-        stamp = self._stat()
+        stamp = file_stamp(self.path)
         with self._lock:
             if stamp != self._stamp:
                 try:

@@ -124,6 +124,15 @@ def known_nodes(lab_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in root.glob("*/spec.json")) if root.is_dir() else []
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime ns, size) of a file, None if it does not exist: a cheap "has it changed" test."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
 def write_json_atomic(path: Path, data: object, *, mode: int = 0o644) -> None:
     """Write JSON via a temp file + rename so readers in other processes never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from ccfactory.lab.bmc.personality import load_personality
-from ccfactory.lab.bmc.spec import BmcSpec, node_dir, read_spec, write_json_atomic
+from ccfactory.lab.bmc.spec import BmcSpec, file_stamp, node_dir, read_spec, write_json_atomic
 from ccfactory.lab.errors import LabError
 from ccfactory.lab.platform import PlatformFeatures
 
@@ -158,17 +158,10 @@ class StateStore:
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def _stat(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
     def load(self) -> BmcState:
         """The current state (re-read only when the file changed on disk)."""
         with self._lock:
-            stamp = self._stat()
+            stamp = file_stamp(self.path)
             if stamp is None:
                 raise LabError(f"no BMC state at {self.path}: start the BMC first (ccfactory.lab.bmc.service.start)")
             if self._cache is None or stamp != self._stamp:
@@ -180,7 +173,7 @@ class StateStore:
         with self._lock:
             write_json_atomic(self.path, state.model_dump(mode="json"))
             self._cache = state.model_copy(deep=True)
-            self._stamp = self._stat()
+            self._stamp = file_stamp(self.path)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[BmcState]:
