@@ -1,6 +1,6 @@
 """Name and value resolution against REAL vendor registries and Bios payloads.
 
-Fixtures: /work/shared/fixtures/redfish (CI places shared/ beside the checkout).
+Fixtures: ../shared/fixtures/redfish, beside the checkout (CI places shared/ there too).
 What each recording can and cannot confirm is asserted here, so a new recording that
 changes the picture shows up as a test change:
 

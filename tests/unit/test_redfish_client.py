@@ -1,7 +1,7 @@
 """The Redfish client against a small fake Redfish server on 127.0.0.1 (not the lab's emulator).
 
 The fake serves either a tiny synthetic tree or the REAL recorded payloads of a vendor
-(/work/shared/fixtures/redfish, mapped to their URLs through SOURCES.tsv), and can be
+(../shared/fixtures/redfish beside the checkout, mapped to their URLs through SOURCES.tsv), and can be
 scripted: queued answers (5xx, delays), job state sequences, an ETag check on PATCH.
 """
 
