@@ -22,7 +22,7 @@ from ccfactory.firmware import (
     resolve_settings,
 )
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "redfish"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "redfish"
 
 
 def load(rel: str) -> Any:
@@ -149,8 +149,8 @@ def without(profile: BiosProfile, *names: str) -> BiosProfile:
 def test_only_the_first_unapplied_stage_is_patched():
     p = plan(FACTORY)
     assert p.stage == "sme" and dict(p.patch) == {"Sme": "Enabled"} and p.reboot
-    assert [s.status for s in p.stages] == ["apply", "waiting", "waiting"]
-    assert "stage 1/3 'sme' of dell/snp" in p.reason
+    assert [s.status for s in p.stages] == ["applied", "apply", "waiting", "waiting"]
+    assert "pass 1/3 'sme' of dell/snp" in p.reason and p.passes == (("smee",), ("snp", "min_sev_asid"), ("snp_rmp_coverage",))
 
 
 def test_dell_snp_takes_three_reboots_in_the_documented_order():
@@ -161,7 +161,7 @@ def test_dell_snp_takes_three_reboots_in_the_documented_order():
 def test_pending_values_are_not_patched_again_but_still_need_the_reboot():
     p = plan(FACTORY, {"Sme": "Enabled"})
     assert p.stage == "sme" and dict(p.patch) == {} and p.reboot
-    (sme,) = [s for s in p.stages[0].settings if s.setting == "smee"]
+    (sme,) = [s for s in p.stages[1].settings if s.setting == "smee"]
     assert sme.action == "pending"
     assert "settings already pending" in p.reason
     assert "(pending Enabled, not patched again)" in render_plan(p)
@@ -176,14 +176,14 @@ def test_a_wrong_pending_value_is_overwritten():
 def test_compliant_means_an_empty_plan_and_no_reboot():
     p = plan(DONE)
     assert p.compliant and p.stage is None and dict(p.patch) == {} and not p.reboot and not p.warnings
-    assert [s.status for s in p.stages] == ["applied"] * 3
-    assert "compliant, all 3 BIOS stage(s) applied; no reboot" in render_plan(p)
+    assert [s.status for s in p.stages] == ["applied"]
+    assert "compliant, every BIOS setting applied; no reboot" in render_plan(p)
 
 
 def test_pending_undo_is_a_warning_when_compliant_and_restored_when_rebooting():
     p = plan(DONE, {"Sme": "Disabled"})
     assert p.compliant and not p.patch
-    assert p.warnings == ("gpu-01: pending Sme='Disabled' would undo 'smee' of applied stage 'sme' at the next reset",)
+    assert p.warnings == ("gpu-01: pending Sme='Disabled' would undo applied setting 'smee' at the next reset",)
     # with a reboot planned anyway (stage rmp), the pending undo of stage sme is patched back
     q = plan({**DONE, "Rmp": "Disabled"}, {"Sme": "Disabled"})
     assert q.stage == "rmp" and dict(q.patch) == {"Rmp": "Enabled", "Sme": "Enabled"}
@@ -208,9 +208,10 @@ def test_read_only_after_the_prerequisite_stage_is_an_error_naming_it():
         plan({**DONE, "Rmp": "Disabled"}, registry=registry)
     text = str(err.value)
     assert err.value.attribute == "Rmp" and err.value.setting == "snp_rmp_coverage" and err.value.stage == "rmp"
-    assert "gpu-01: dell/snp stage 'rmp': attribute Rmp (setting 'snp_rmp_coverage') is read-only" in text
-    assert "ReadOnly while ProcX2Apic is Enabled (registry dependency)" in text
-    assert "although the earlier stages (sme, snp) are applied" in text
+    assert "gpu-01: dell/snp: Rmp [setting 'snp_rmp_coverage'] cannot be set to 'Enabled'" in text
+    assert "read-only while ProcX2Apic is Enabled (registry dependency)" in text
+    # the cause is a setting of the profile itself: the fix says so, not "an earlier stage"
+    assert "fix: the profile's own 'x2apic' (ProcX2Apic) cannot take a value that lifts the rule" in text
 
 
 def test_read_only_later_stage_is_fine_while_its_prerequisite_is_pending():
@@ -219,46 +220,48 @@ def test_read_only_later_stage_is_fine_while_its_prerequisite_is_pending():
     assert p.stage == "snp" and "Rmp" not in p.patch
 
 
-def test_a_profile_that_skips_a_prerequisite_stage_is_caught_on_the_registry_dependency():
+def test_a_profile_that_merges_stages_still_gets_the_passes_the_registry_requires():
     flat = bios_profile_for("dell", "snp")
     merged = flat.stages[0].model_copy(update={"settings": {**flat.stages[0].settings, **flat.stages[1].settings}})
     one_stage = flat.model_copy(update={"stages": (merged, flat.stages[2])})
-    with pytest.raises(
-        PlanError,
-        match=r"attribute Snp \(setting 'snp'\) is read-only: ReadOnly while Sme is Disabled .*in the first stage",
-    ):
-        plan(FACTORY, profile=one_stage)
+    p = plan(FACTORY, profile=one_stage)
+    # Snp is read-only while Sme is Disabled (registry): it waits one pass, whatever the profile's grouping
+    assert p.passes[0] == ("smee",) and p.passes[1] == ("snp", "min_sev_asid")
 
 
 def test_value_outside_the_registry_bounds_is_an_error():
     with pytest.raises(PlanError) as err:
         plan({**FACTORY, "Sme": "Enabled"}, profile=bios_profile_for("dell", "snp", overrides={"min_sev_asid": 600}))
-    assert "setting 'min_sev_asid' (attribute CpuMinSevAsid): value 600 is outside 1..510" in str(err.value)
+    assert "CpuMinSevAsid [setting 'min_sev_asid']: value 600 is outside 1..510" in str(err.value)
     assert "bios_overrides" in str(err.value)
 
 
 def test_value_outside_the_allowed_list_is_an_error():
     with pytest.raises(
         PlanError,
-        match=r"setting 'tsme' \(attribute TransparentSme\): value 'Auto' is not one the BMC allows; "
+        match=r"TransparentSme \[setting 'tsme'\]: value 'Auto' is not one the BMC allows; "
         r"allowed: Enabled, Disabled",
     ):
         plan(FACTORY, profile=bios_profile_for("dell", "snp", overrides={"tsme": "Auto"}))
 
 
-def test_unresolvable_setting_fails_only_when_its_stage_is_applied():
+def test_a_setting_absent_from_the_registry_is_an_error_before_any_write():
     current = {k: v for k, v in FACTORY.items() if k != "Rmp"}  # e.g. not visible before Snp is applied
     registry = {
         "RegistryEntries": {
             "Attributes": [a for a in IDRAC["RegistryEntries"]["Attributes"] if a["AttributeName"] != "Rmp"]
         }
     }
-    p = plan(current, registry=registry)
-    assert p.stage == "sme"
-    (rmp,) = p.stages[2].settings
+    # a registry lists every attribute of the BIOS (hidden ones too): absent means this BIOS lacks it
+    with pytest.raises(ResolutionError, match="BIOS setting 'snp_rmp_coverage'"):
+        plan(current, registry=registry)
+    # without a registry, Bios.Attributes may omit it until an earlier stage is applied: it waits
+    p = plan(current, registry=None)
+    assert p.stage == "sme" and p.mode == "profile"
+    (rmp,) = p.stages[-1].settings
     assert rmp.action == "unknown" and rmp.note == "not visible yet"
     with pytest.raises(ResolutionError, match="BIOS setting 'snp_rmp_coverage'"):
-        plan({**current, "Sme": "Enabled", "Snp": "Enabled", "CpuMinSevAsid": 100}, registry=registry)
+        plan({**current, "Sme": "Enabled", "Snp": "Enabled", "CpuMinSevAsid": 100}, registry=None)
 
 
 def test_optional_settings_missing_on_the_bmc_are_skipped_with_a_note():
@@ -363,16 +366,14 @@ def test_hpe_tdx_converges_in_three_reboots_firing_the_reset_once():
 
 
 def test_hpe_registry_greys_out_tdx_until_sgx_is_applied():
-    # a profile that puts TDX together with SGX is refused on the recorded GrayOut dependency
+    # a profile that groups TDX with SGX still gets TDX one pass later: the recorded GrayOut rule
     profile = bios_profile_for("hpe", "tdx")
     merged = profile.stages[1].model_copy(
         update={"settings": {**profile.stages[1].settings, **profile.stages[2].settings}}
     )
-    bad = profile.model_copy(update={"stages": (profile.stages[0], merged)})
-    with pytest.raises(
-        PlanError, match=r"attribute TdxEnable \(setting 'tdx'\) is read-only: GrayOut while SgxEnable is Disabled"
-    ):
-        plan(HPE_STAGE1, profile=bad, registry=HPE_REGISTRY)
+    grouped = profile.model_copy(update={"stages": (profile.stages[0], merged)})
+    p = plan(HPE_STAGE1, profile=grouped, registry=HPE_REGISTRY)
+    assert p.passes == (("tme_mt", "sgx", "sgx_factory_reset"), ("tdx", "seam_loader"))
 
 
 # ---------------------------------------------------------------- real Dell R750 / Supermicro recordings
@@ -391,8 +392,8 @@ def test_r750_rmp_is_immutable_so_the_last_snp_stage_is_refused():
     current = {**DELL_BIOS, "Sme": "Enabled", "Snp": "Enabled", "CpuMinSevAsid": 100, "ProcX2Apic": "Enabled"}
     with pytest.raises(
         PlanError,
-        match=r"attribute Rmp .* is read-only: the registry marks it Immutable, "
-        r"although the earlier stages \(sme, snp\) are applied",
+        match=r"Rmp \"SNP Memory Coverage\" \(ProcSettingsRef\) \[setting 'snp_rmp_coverage'\] cannot be set to "
+        r"'Enabled' .*Immutable.*fix: none through Redfish",
     ):
         plan(current, profile=profile, registry=DELL_REGISTRY, bmc="r750")
 
@@ -402,8 +403,9 @@ def test_r750_intel_sgx_is_read_only_until_memory_encryption_is_applied():
     sgx_first = profile.model_copy(update={"stages": (profile.stages[1],)})
     with pytest.raises(
         PlanError,
-        match=r"IntelSgx .* ReadOnly while NodeInterleave is not Disabled or MemOpMode is not OptimizerMode "
-        r"or MemoryEncryption is Disabled",
+        match=r"IntelSgx \"Intel\(R\) SGX\" \(SysSecurityRef\) \[setting 'sgx'\] cannot be set to 'On' .*"
+        r"read-only while MemoryEncryption \"Memory Encryption\" \(SysSecurityRef\) is Disabled.*"
+        r"fix: change MemoryEncryption",
     ):
         plan(DELL_BIOS, profile=sgx_first, registry=DELL_REGISTRY, bmc="r750")
 
@@ -430,26 +432,26 @@ def test_supermicro_first_stage_on_the_real_registry_writes_display_values():
 
 def test_render_shows_each_stage_current_desired_pending_and_the_reboot():
     text = render_plan(plan({**FACTORY, "Sme": "Enabled"}, {"Snp": "Enabled"}))
-    assert text.splitlines()[0] == "gpu-01 (dell/snp): stage 2/3 'snp': patch and reboot"
-    assert "  stage 1 sme: applied" in text and "  stage 2 snp: APPLY NOW" in text and "  stage 3 rmp: waiting" in text
+    assert text.splitlines()[0] == "gpu-01 (dell/snp): pass 1/2 'snp': patch and reboot"
+    assert "  applied:" in text and "  pass 1 snp: APPLY NOW" in text and "  pass 2 rmp: waiting" in text
     assert "    CpuMinSevAsid       [min_sev_asid]      1 -> 100\n" in text
     assert (
         "    Snp                 [snp]               Disabled -> Enabled  (pending Enabled, not patched again)" in text
     )
     assert "    Rmp                 [snp_rmp_coverage]  Disabled -> Enabled later" in text
     assert (
-        "    TransparentSme      [tsme]              -  (not managed: no value; set one in bios_overrides)" not in text
+        "    TransparentSme      [tsme]              -  (not managed: no value; set one in bios_overrides)" in text
     )
     assert text.splitlines()[-2:] == [
-        "  reboot: BIOS stage 2/3 'snp' of dell/snp: new settings patched apply at the next reset",
-        "  to compliance: 2 reboot(s) (stages snp, rmp)",
+        "  reboot: BIOS pass 1/2 'snp' of dell/snp: new settings patched apply at the next reset",
+        "  to compliance: 2 reboot(s) (passes snp, rmp; computed from the BMC's registry)",
     ]
 
 
 def test_plan_is_json_ready():
     data = plan(FACTORY).to_dict()
     assert json.loads(json.dumps(data))["patch"] == {"Sme": "Enabled"}
-    assert data["stages"][0]["settings"][0]["setting"] == "smee"
+    assert data["stages"][1]["settings"][0]["setting"] == "smee" and data["passes"][0] == ["smee"]
 
 
 # ---------------------------------------------------------------- property: any start state converges

@@ -301,6 +301,7 @@ def test_docstring_examples_run():
 
     import ccfactory.clients.redfish
     import ccfactory.firmware
+    import ccfactory.firmware.capability
     import ccfactory.firmware.plan
     import ccfactory.firmware.profile
     import ccfactory.firmware.resolve
@@ -310,6 +311,7 @@ def test_docstring_examples_run():
         ccfactory.firmware.profile,
         ccfactory.firmware.resolve,
         ccfactory.firmware.plan,
+        ccfactory.firmware.capability,
         ccfactory.clients.redfish,
     ):
         result = doctest.testmod(module)

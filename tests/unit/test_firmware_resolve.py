@@ -1,6 +1,6 @@
 """Name and value resolution against REAL vendor registries and Bios payloads.
 
-Fixtures: ../shared/fixtures/redfish, beside the checkout (CI places shared/ there too).
+Fixtures: tests/fixtures/redfish (copied with provenance: tests/fixtures/redfish/SOURCES.tsv).
 What each recording can and cannot confirm is asserted here, so a new recording that
 changes the picture shows up as a test change:
 
@@ -34,7 +34,7 @@ from ccfactory.firmware import (
 )
 from ccfactory.firmware.resolve import EnumValue
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "redfish"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "redfish"
 
 DELL_R750_REGISTRY = (
     "dell/libredfish__tests_mockups_dell_redfish_v1_Systems_System.Embedded.1_Bios_BiosRegistry_index.json"
@@ -163,6 +163,7 @@ def test_hpe_tdx_on_the_real_dl380a_gen11_registry():
     assert names(res) == {
         "limit_pa_46bit": "ProcessorPhysicalAddress",
         "tme": "Tme",
+        "virtualization": "ProcVirtualization",
         "tme_mt": "MkTme",
         "sgx": "SgxEnable",
         "sgx_factory_reset": "SgxFactoryReset",

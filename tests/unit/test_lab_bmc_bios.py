@@ -16,7 +16,9 @@ STAGES: dict[tuple[str, str], list[dict[str, object]]] = {
     ("dell", "snp"): [{"Sme": "Enabled"}, {"Snp": "Enabled", "CpuMinSevAsid": 100}, {"Rmp": "Enabled"}],
     ("dell", "tdx"): [
         {"NodeInterleave": "Disabled", "ProcX2Apic": "Enabled", "CpuPhysicalAddressLimit": "Disabled",
-         "MemoryEncryption": "MultipleKeys", "GlobalMemoryIntegrity": "Disabled", "IntelTxt": "On"},
+         "GlobalMemoryIntegrity": "Disabled", "IntelTxt": "On"},
+        # rec: R750 1.13.2, MemoryEncryption is limited to SingleKey/Disabled while the PA limit is on
+        {"MemoryEncryption": "MultipleKeys"},
         {"IntelSgx": "On", "IntelTdx": "Enabled", "TmeMtTdxKeySplit": 1, "TdxSeamLoader": "Enabled"},
     ],
     ("hpe", "snp"): [{"AmdSecureMemoryEncryption": "Enabled"},
@@ -24,7 +26,8 @@ STAGES: dict[tuple[str, str], list[dict[str, object]]] = {
     ("hpe", "tdx"): [
         {"ProcessorPhysicalAddress": "Default", "Tme": "Enabled"},
         {"MkTme": "Enabled", "SgxEnable": "Enabled", "KeySplit": 1},
-        {"TdxEnable": "Enabled", "TdxSeamldrEnable": "Enabled"},
+        {"TdxEnable": "Enabled"},
+        {"TdxSeamldrEnable": "Enabled"},  # rec: U72, greyed out while TdxEnable is Disabled (Gen12)
     ],
     ("lenovo", "snp"): [
         {"Memory_SMEE": "Enabled"},
@@ -105,7 +108,7 @@ def test_dependent_attribute_is_not_writable_until_its_prerequisite_is_applied(t
     r = bmc.patch(bmc.paths.patch_target, _body(bmc, second))
     assert r.status_code == 400
     ids = {m["MessageId"] for m in r.json["error"]["@Message.ExtendedInfo"]}
-    assert ids & {"Base.1.0.PropertyNotWritable", "Base.1.0.PropertyUnknown"}
+    assert ids & {"Base.1.0.PropertyNotWritable", "Base.1.0.PropertyUnknown", "Base.1.0.PropertyValueNotInList"}
     # staging the prerequisite is not enough: it must be applied by a reset
     assert bmc.patch(bmc.paths.patch_target, _body(bmc, first)).status_code in (200, 202, 204)
     if bmc.paths.jobs:
@@ -125,8 +128,40 @@ def test_tdx_attributes_are_absent_until_tme_mt_is_applied_dell(tmp_path, power)
     r = bmc.patch(bmc.paths.settings, {"Attributes": {"MemoryEncryption": "MultipleKeys", "IntelTdx": "Enabled"}})
     assert r.status_code == 400
     assert r.json["error"]["@Message.ExtendedInfo"][0]["RelatedProperties"] == ["#/Attributes/IntelTdx"]
-    bmc.stage_and_apply({"MemoryEncryption": "MultipleKeys", "CpuPhysicalAddressLimit": "Disabled"})
+    bmc.stage_and_apply({"CpuPhysicalAddressLimit": "Disabled"})
+    bmc.stage_and_apply({"MemoryEncryption": "MultipleKeys"})
     assert bmc.get(bmc.paths.bios).json["Attributes"]["IntelTdx"] == "Disabled"
+
+
+def test_a_value_limited_by_an_applied_setting_is_refused_on_patch_and_at_post(tmp_path, power):
+    bmc = make_bmc(tmp_path, vendor="dell", tee="tdx", power_fn=power)
+    registry = bmc.get(bmc.paths.registry).json["RegistryEntries"]["Dependencies"]
+    (limit,) = [d["Dependency"] for d in registry if d["Dependency"]["MapToProperty"] == "Value"]
+    assert [v["ValueName"] for v in limit["MapToValue"]] == ["SingleKey", "Disabled"]
+    # the PA limit is applied (factory Enabled): MultipleKeys is refused, even with the limit staged off
+    r = bmc.patch(bmc.paths.settings, {"Attributes": {"CpuPhysicalAddressLimit": "Disabled",
+                                                      "MemoryEncryption": "MultipleKeys"}})
+    assert r.status_code == 400
+    (info,) = r.json["error"]["@Message.ExtendedInfo"]
+    assert info["MessageId"] == "Base.1.0.PropertyValueNotInList"
+    assert info["RelatedProperties"] == ["#/Attributes/MemoryEncryption"]
+    assert bmc.patch(bmc.paths.settings, {"Attributes": {"MemoryEncryption": "SingleKey"}}).status_code in (200, 202)
+
+
+def test_a_staged_value_the_bios_locks_by_post_time_is_not_applied(tmp_path, power):
+    # HPE Gen12 (rec: U72): the SEAM loader is greyed out while TdxEnable is Disabled
+    bmc = make_bmc(tmp_path, vendor="hpe", tee="tdx", power_fn=power)
+    for stage in STAGES[("hpe", "tdx")][:3]:
+        bmc.stage_and_apply(stage)
+    store = StateStore(tmp_path, bmc.spec.node)
+    with store.transaction() as state:  # staged while the rule did not hold, as after a PATCH race
+        state.applied["TdxEnable"] = "Disabled"
+        state.pending["TdxSeamldrEnable"] = "Enabled"
+    bmc.reset()
+    bmc.wait_power("On")
+    assert bmc.get(bmc.paths.bios).json["Attributes"]["TdxSeamldrEnable"] == "Disabled"
+    messages = bmc.get(bmc.paths.bios).json["@Redfish.Settings"]["Messages"]
+    assert [m["MessageId"] for m in messages] == ["Base.1.0.SettingsFailed"]
 
 
 @pytest.mark.parametrize("vendor", ["dell", "hpe", "lenovo", "supermicro", "generic"])
@@ -285,6 +320,29 @@ def test_a_reboot_the_bmc_did_not_order_still_runs_post(tmp_path, power):
         state.power.op = PowerOp(kind="ForceRestart", boot=True, started=0.0)
     assert apply_pending_on_boot(tmp_path, "node1") is False
     assert apply_pending_on_boot(tmp_path, "node9") is False  # no BMC, nothing to do
+
+
+def test_a_reset_whose_node_boots_late_is_still_one_post(tmp_path):
+    """CI failure of 2026-12-07: a GracefulRestart whose shutdown outlived the power action's
+    wait ended the reset with an error, and the node's late boot then ran POST a second time
+    (the BMC counted 4 boots for 2 passes). One reset is one POST, however long the node takes."""
+    from ccfactory.lab.bmc.state import apply_pending_on_boot
+
+    def slow_power(lab_dir, node, action):
+        if action == "status":
+            return "on"
+        raise RuntimeError("node node1: power restart: did not take effect within 60 s")
+
+    bmc = make_bmc(tmp_path, vendor="hpe", tee="snp", power_fn=slow_power)
+    boots = StateStore(tmp_path, "node1").load().boots
+    assert bmc.reset("GracefulRestart").status_code == 204
+    bmc.wait_power("On")  # the failed power action settles the reset
+    state = StateStore(tmp_path, "node1").load()
+    assert state.power.op is None and state.boots == boots + 1
+    assert apply_pending_on_boot(tmp_path, "node1") is False  # the node's late boot: the reset's own
+    assert StateStore(tmp_path, "node1").load().boots == boots + 1
+    assert apply_pending_on_boot(tmp_path, "node1") is True  # the boot after it is the node's own
+    assert StateStore(tmp_path, "node1").load().boots == boots + 2
 
 
 def test_dell_self_reboot_runs_a_scheduled_job_but_not_bare_pending(tmp_path, power):

@@ -16,7 +16,7 @@ from ccfactory.lab.bmc.personality import TEES, available_vendors, load_personal
 from ccfactory.lab.bmc.state import StateStore, platform_features_for
 from ccfactory.lab.bmc.testing import PowerRecorder, make_bmc
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "redfish"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "redfish"
 VENDORS = ["dell", "generic", "hpe", "lenovo", "supermicro"]
 # Recordings that say which attribute names are real (registry entries + Bios values).
 RECORDED = {
@@ -24,6 +24,8 @@ RECORDED = {
              "dell/bmclib__internal_redfishwrapper_fixtures_dell_bios.json"],
     "hpe": ["hpe/ilo-redfish-emulator__mockups_DL380a_RegistryStore_registries_en_biosattributeregistryu58"
             ".v1_2_44_index.json",
+            "hpe/ilo-redfish-emulator__mockups_DL380a_Gen12_RegistryStore_registries_en_biosattributeregistryu72"
+            ".v1_1_34_index.json",
             "hpe/ilo-redfish-emulator__mockups_DL365_Gen10Plus_RegistryStore_registries_en_biosattributeregistrya42"
             ".v1_3_72_index.json",
             "hpe/ilo-redfish-emulator__mockups_DL365_Gen10Plus_Systems_1_bios_index.json"],
@@ -42,7 +44,6 @@ BIOS_RECORDING = {
     "supermicro": "supermicro/libredfish__tests_mockups_supermicro_redfish_v1_Systems_1_Bios_index.json",
     "generic": "dmtf/Redfish-Mockup-Server__public-rackmount1_Systems_437XR1138R2_Bios_index.json",
 }
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared Redfish recordings not available")
 
 
 @pytest.fixture
@@ -72,7 +73,6 @@ def test_every_attribute_and_dependency_says_where_it_comes_from(vendor):
         assert re.match(r"^(rec|cc-stack|lab)\b", item.source), item
 
 
-@needs_fixtures
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_attributes_marked_recorded_exist_in_the_recordings(vendor):
     names: set[str] = set()
@@ -85,7 +85,6 @@ def test_attributes_marked_recorded_exist_in_the_recordings(vendor):
     assert sorted(set(recorded) - names) == []
 
 
-@needs_fixtures
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_bios_resource_has_the_recorded_shape(tmp_path, power, vendor):
     recorded = json.loads((FIXTURES / BIOS_RECORDING[vendor]).read_text())
@@ -111,14 +110,15 @@ def test_registry_entries_have_types_values_and_dependencies(tmp_path, power, ve
     entries = reg["RegistryEntries"]["Attributes"]
     assert {e["AttributeName"] for e in entries} >= set(bios["Attributes"])
     for e in entries:
-        assert e["Type"] in ("Enumeration", "Integer", "String", "Boolean")
+        # DMTF AttributeType: Enumeration, String, Integer, Boolean, Password (Supermicro's capture has Password)
+        assert e["Type"] in ("Enumeration", "Integer", "String", "Boolean", "Password")
         if e["Type"] == "Enumeration":
             assert e["Value"] and all({"ValueName", "ValueDisplayName"} <= set(v) for v in e["Value"])
         if e["Type"] == "Integer":
             assert "LowerBound" in e and "UpperBound" in e
     for dep in reg["RegistryEntries"]["Dependencies"]:
         assert dep["Type"] == "Map"
-        assert dep["Dependency"]["MapToProperty"] in ("ReadOnly", "Hidden", "GrayOut", "CurrentValue")
+        assert dep["Dependency"]["MapToProperty"] in ("ReadOnly", "Hidden", "GrayOut", "CurrentValue", "Value")
         assert all(m["MapFromProperty"] == "CurrentValue" for m in dep["Dependency"]["MapFrom"])
 
 
@@ -140,7 +140,7 @@ def test_generic_registry_walk_finds_the_bios_registry(tmp_path, power, vendor):
 def test_system_and_manager_are_personalised(tmp_path, power):
     bmc = make_bmc(tmp_path, vendor="hpe", tee="tdx", power_fn=power)
     system = bmc.get("/redfish/v1/Systems/1").json
-    assert system["Manufacturer"] == "HPE" and system["Model"] == "ProLiant DL380a Gen11"
+    assert system["Manufacturer"] == "HPE" and system["Model"] == "ProLiant Compute DL380a Gen12"
     assert system["Bios"]["@odata.id"] == "/redfish/v1/systems/1/bios"
     assert "PowerCycle" not in system["Actions"]["#ComputerSystem.Reset"]["ResetType@Redfish.AllowableValues"]
     assert bmc.get("/redfish/v1/Systems").json["Members"] == [{"@odata.id": "/redfish/v1/Systems/1"}]
@@ -384,3 +384,30 @@ def test_node_power_failure_is_reported_not_fatal(tmp_path):
     state = StateStore(tmp_path, "node1").load()
     assert state.jobs[-1].state == "Failed" and "nspawn exploded" in state.jobs[-1].message
     assert bmc.power_state() == "Off"
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_provenance_report_names_everything_no_recording_backs(vendor):
+    from ccfactory.lab.bmc.personality import provenance_report
+
+    p = load_personality(vendor)
+    report = provenance_report(p)
+    unrecorded = {a.name for a in p.attributes if not a.source.startswith("rec")}
+    assert set(report["attributes"]["unrecorded"]) == unrecorded
+    assert report["attributes"]["recorded"] + len(unrecorded) == len(p.attributes)
+    assert report["dependencies"]["recorded"] + len(report["dependencies"]["unrecorded"]) == len(p.dependencies)
+
+
+def test_hpe_tdx_node_is_gen12_with_the_recorded_seam_loader_rule(tmp_path, power):
+    bmc = make_bmc(tmp_path, vendor="hpe", tee="tdx", power_fn=power)
+    registry = bmc.get(bmc.paths.registry).json
+    assert registry["Id"] == "BiosAttributeRegistryU72.v1_1_34"
+    rules = [d["Dependency"] for d in registry["RegistryEntries"]["Dependencies"]
+             if d["Dependency"]["MapToAttribute"] == "TdxSeamldrEnable"]
+    assert {(r["MapFrom"][0]["MapFromAttribute"], r["MapFrom"][0]["MapFromValue"]) for r in rules} >= {("TdxEnable", "Disabled")}
+    # the same rule is in the recorded U72 registry the personality cites
+    recorded = json.loads((FIXTURES / "hpe/ilo-redfish-emulator__mockups_DL380a_Gen12_RegistryStore_registries_en_"
+                                      "biosattributeregistryu72.v1_1_34_index.json").read_text())
+    assert any(d["Dependency"]["MapToAttribute"] == "TdxSeamldrEnable"
+               and d["Dependency"]["MapFrom"][0]["MapFromAttribute"] == "TdxEnable"
+               for d in recorded["RegistryEntries"]["Dependencies"])

@@ -1,7 +1,7 @@
 """The Redfish client against a small fake Redfish server on 127.0.0.1 (not the lab's emulator).
 
 The fake serves either a tiny synthetic tree or the REAL recorded payloads of a vendor
-(../shared/fixtures/redfish beside the checkout, mapped to their URLs through SOURCES.tsv), and can be
+(tests/fixtures/redfish, mapped to their URLs through SOURCES.tsv), and can be
 scripted: queued answers (5xx, delays), job state sequences, an ETag check on PATCH.
 """
 
@@ -37,9 +37,10 @@ from ccfactory.clients.redfish import (
     quirks_for,
 )
 from ccfactory.firmware import ResolutionError, render_plan
+from ccfactory.firmware.capability import CapabilityError
 from ccfactory.firmware.step import firmware_step
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "redfish"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "redfish"
 USER, PASSWORD = "root", "pw-Xq9!never-shown"
 DELL_SYSTEM = "/redfish/v1/Systems/System.Embedded.1"
 
@@ -659,13 +660,14 @@ def _converge_once(client: RedfishClient, vendor: str, tee: str, **kw: Any) -> A
             {"ProcessorPhysicalAddress": "Default", "Tme": "Enabled"},
             "sgx",
         ),
-        # the SR670 V2 is Ice Lake: TME yes, TDX no; the next stage names what is missing
+        # the SR670 V2 is Ice Lake: TME yes, TDX no; the registry lacks the TDX chain, so the
+        # plan names what is missing before anything is written
         (
             "lenovo",
             "tests/mockups/lenovo/",
             "/redfish/v1/Systems/1/Bios",
             "/redfish/v1/Systems/1/Bios/Pending",
-            {"Processors_TotalMemoryEncryption": "Enabled"},
+            None,
             "error: 'limit_pa_46bit'",
         ),
         # Supermicro: suffixed names, display values written (Disable, not 0 or Disabled)
@@ -684,8 +686,15 @@ def test_recorded_bmc_tdx_first_stage_patch_then_rerun_patches_nothing(
 ):
     bmc = fixture_bmc(vendor, prefix)
     with client_for(serve(bmc), vendor=vendor, name=f"{vendor}-node") as client:
+        if first_patch is None:
+            # the SR670 V2 is Ice Lake: the capability check names the CPU before any setting
+            with pytest.raises(CapabilityError, match=f"{vendor}-node .*this BIOS has no TDX settings "
+                               r"\(Intel Xeon Platinum 8362, Ice Lake\)"):
+                _converge_once(client, vendor, "tdx")
+            assert bmc.seen("PATCH", settings) == []
+            return
         plan = _converge_once(client, vendor, "tdx")
-        assert plan.stage == plan.stages[0].name and dict(plan.patch) == first_patch and plan.reboot
+        assert plan.stage == plan.stages[1].name and dict(plan.patch) == first_patch and plan.reboot
         (patch,) = bmc.seen("PATCH", settings)
         assert patch.body["Attributes"] == first_patch
         etag = bmc.get(settings).get("@odata.etag")
@@ -711,10 +720,15 @@ def test_recorded_dell_r750_with_an_oem_profile_runs_patch_job_reset(serve, tmp_
     )
     bmc = dell_bmc()
     with client_for(serve(bmc), vendor="dell") as client:
-        plan = _converge_once(client, "dell", "tdx", extra_dirs=[tmp_path])
-        assert dict(plan.patch) == {"CpuPaLimit": "Disabled", "MemoryEncryption": "MultipleKeys"}
+        # the planner reads the ComputerSystem first: an Ice Lake cannot run TDX, nothing is written
+        with pytest.raises(CapabilityError, match=r"Intel Xeon Gold 6354 \(Ice Lake\): TDX needs 5th-gen Xeon"):
+            _converge_once(client, "dell", "tdx", extra_dirs=[tmp_path])
+        assert bmc.seen("PATCH", f"{DELL_SYSTEM}/Bios/Settings") == []
+        # the Dell write path itself, as the driver would send a pass
+        result = client.apply_bios({"CpuPaLimit": "Disabled"}, snapshot=client.read_bios())
         (patch,) = bmc.seen("PATCH", f"{DELL_SYSTEM}/Bios/Settings")
-        job = patch and next(iter(bmc.job_states))
+        assert patch.body["Attributes"] == {"CpuPaLimit": "Disabled"} and result.job_id
+        job = next(iter(bmc.job_states))
         bmc.job_states[job] = ["Scheduled", "Running", "Completed"]
         assert client.reset() == "GracefulRestart"
         assert client.wait_for_job(job, interval=0).state == "Completed"
@@ -736,3 +750,21 @@ def test_dry_step_plans_without_patching(serve):
     assert step.applied is None and dict(step.plan.patch) == {"ProcessorPhysicalAddress": "Default", "Tme": "Enabled"}
     assert not bmc.seen("PATCH")
     assert render_plan(step.plan).startswith("dl380a (BMC http://127.0.0.1:")
+
+
+def test_recorded_gigabyte_ami_without_a_settings_object_falls_back_to_bios_sd_and_is_refused_for_snp(serve):
+    # Gigabyte H262-Z63 (AMI MegaRAC, EPYC 7702): its Bios advertises no SettingsObject and
+    # has no Bios/Settings. The generic quirks try Settings, then SD (AMI). The SD body served
+    # here is the recorded AMI Bios/SD of the NVIDIA DGX (libredfish nvidia_viking), at the
+    # Gigabyte's path: the recording has none of its own.
+    bmc = fixture_bmc("gigabyte", "mockups/Gigabyte/")
+    sd = _load(FIXTURES / "other" / "libredfish__tests_mockups_nvidia_viking_redfish_v1_Systems_DGX_Bios_SD_index.json")
+    bmc.add("/redfish/v1/Systems/Self/Bios/SD", sd)
+    with client_for(serve(bmc), vendor="generic", name="gb-node") as client:
+        snap = client.read_bios()
+        assert snap.settings_path == "/redfish/v1/Systems/Self/Bios/SD"
+        assert snap.processors == ("AMD EPYC 7702 64-Core Processor",)
+        assert snap.registry and len(snap.registry["RegistryEntries"]["Attributes"]) > 500
+        with pytest.raises(CapabilityError, match=r"gb-node .*\(AMD EPYC 7702, Zen 2, Rome\): SEV-SNP needs EPYC 7003"):
+            _converge_once(client, "generic", "snp")
+    assert not [r for r in bmc.requests if r.method == "PATCH"]

@@ -55,9 +55,10 @@ def test_factory_bios_to_tee_active_then_a_second_run_changes_nothing(harness, v
     assert "0 stage(s) applied, 0 reboot(s)" in second.log
 
 
-def test_passes_declared_cover_stages_and_one_shot_follow_ups():
-    assert passes_needed(bios_profile_for("dell", "snp")) == 3
-    assert passes_needed(bios_profile_for("supermicro", "tdx")) == 5
+def test_passes_declared_bound_every_computed_schedule():
+    # each computed pass applies at least one managed setting: one operation per such setting
+    assert passes_needed(bios_profile_for("dell", "snp")) == 7
+    assert passes_needed(bios_profile_for("hpe", "tdx")) == 9
     for (vendor, tee), expected in EXPECTED_PASSES.items():
         assert passes_needed(bios_profile_for(vendor, tee)) >= expected
 
@@ -71,7 +72,7 @@ def test_dry_run_reads_and_prints_the_plan_but_writes_nothing(harness):
     after = node.state()
     assert (after.applied, after.pending, after.jobs, after.boots) == (before.applied, before.pending, before.jobs, 0)
     text = result.host_log("node1")
-    assert "stage 1/3 'sme': patch and reboot" in text
+    assert "pass 1/3 'sme': patch and reboot" in text
     assert "Sme" in text and "Disabled -> Enabled" in text
     assert "would run 3 BIOS pass(es)" in text
 

@@ -83,16 +83,17 @@ def test_read_only_attribute_after_its_prerequisite_stage_fails_without_a_loop(h
     result = harness.run(data={"bios_profile_dirs": [profiles]})
     assert result.failed == {"node1"}
     text = result.host_log("node1")
-    assert "stage 'rmp': attribute Rmp (setting 'snp_rmp_coverage') is read-only" in text
-    assert "although the earlier stages (sme) are applied" in text
-    assert node.patches() == 1 and node.resets() == 1  # stage sme only, then stop
+    # the hinted order puts Rmp before Snp, but Rmp is read-only until Snp is applied: no
+    # schedule exists, and the plan says so before anything is written
+    assert "[setting 'snp_rmp_coverage'] cannot be set to 'Enabled' after pass(es) 1-1: read-only while" in text
+    assert node.patches() == 0 and node.resets() == 0
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected", "patches"),
     [
-        ({"tsme": "Maybe"}, "setting 'tsme' (attribute TransparentSme): value 'Maybe' is not one the BMC allows; allowed: Enabled, Disabled", 0),
-        ({"min_sev_asid": 9999}, "setting 'min_sev_asid' (attribute CpuMinSevAsid): value 9999 is outside 1..510", 1),
+        ({"tsme": "Maybe"}, "[setting 'tsme']: value 'Maybe' is not one the BMC allows; allowed: Enabled, Disabled", 0),
+        ({"min_sev_asid": 600}, "[setting 'min_sev_asid']: value 600 is outside 1..510", 0),
     ],
 )
 def test_value_outside_the_registry_is_refused_before_it_is_written(harness, overrides, expected, patches):
@@ -110,6 +111,7 @@ def test_wrong_password_is_a_clear_failure_without_any_secret(harness, tmp_path)
     wrong = "Wr0ng-pw-never-shown"
     bad_file = tmp_path / "wrong.password"
     bad_file.write_text(wrong + "\n")
+    bad_file.chmod(0o600)
     node.data["bmc_password_file"] = str(bad_file)
     result = harness.run()
     assert result.failed == {"node1"}
@@ -165,9 +167,9 @@ def test_cli_plan_prints_the_diff_and_writes_nothing(harness, tmp_path, capsys):
     writes = len(done.writes())
     assert cli.main(["firmware", "plan", _inventory(tmp_path, harness)]) == 0
     out = capsys.readouterr().out
-    assert "node1 (BMC " in out and "stage 1/3 'sme': patch and reboot" in out
+    assert "node1 (BMC " in out and "pass 1/3 'sme': patch and reboot" in out
     assert "to compliance: 3 reboot(s)" in out
-    assert "compliant, all 2 BIOS stage(s) applied; no reboot" in out
+    assert "compliant, every BIOS setting applied; no reboot" in out
     assert "2 host(s) planned, 3 reboot(s) to compliance" in out
     assert node.writes() == [] and len(done.writes()) == writes
     assert cli.main(["firmware", "plan", _inventory(tmp_path, harness), "--json", "--limit", "node1"]) == 0
@@ -181,10 +183,13 @@ def test_cli_plan_reports_a_bad_password_per_host(harness, tmp_path, capsys):
     node = harness.add("node1", "dell", "snp")
     bad = tmp_path / "bad.password"
     bad.write_text("nope-not-it\n")
+    bad.chmod(0o600)
     assert cli.main(["firmware", "plan", _inventory(tmp_path, harness, bmc_password_file=str(bad))]) == 1
     out = capsys.readouterr().out
     assert "node1: ERROR: " in out and "HTTP 401" in out and "nope-not-it" not in out
     assert node.bmc.password not in out
+    # nothing was planned: the summary says so (it said "1 host(s) planned ... 1 failed")
+    assert "0 host(s) planned, 0 reboot(s) to compliance, 1 failed" in out
 
 
 def test_cli_plan_refuses_an_invalid_inventory(tmp_path, capsys):

@@ -23,31 +23,44 @@ def plan(current, pending=None, registry=None, due=()):
     return plan_firmware(profile, resolved, current, pending or {}, registry, due)
 
 
-def test_a_locked_one_shot_is_deferred_to_a_follow_up_pass():
+def test_a_locked_one_shot_is_deferred_to_the_next_pass():
     p = plan(HPE_STAGE1, registry=greyed_until_sgx(HPE_REGISTRY))
     assert p.stage == "sgx" and dict(p.patch) == {"MkTme": "Enabled", "SgxEnable": "Enabled"}
     assert p.deferred_one_shots == ("sgx_factory_reset",)
-    assert any("it is sent once sgx is applied, with one more reboot" in w for w in p.warnings)
-    assert p.expected_reboots() == 3  # sgx, its follow-up, tdx
+    assert any("it is sent once sgx is applied, with the next pass" in w for w in p.warnings)
+    # the one-shot joins the pass that TdxEnable needs anyway: no reboot of its own
+    assert p.passes == (("tme_mt", "sgx"), ("tdx", "seam_loader", "sgx_factory_reset"))
+    assert p.expected_reboots() == 2
 
 
-def test_a_due_one_shot_is_sent_alone_once_its_trigger_is_applied():
+def test_a_due_one_shot_is_sent_with_the_next_pass_once_its_trigger_is_applied():
     registry = greyed_until_sgx(HPE_REGISTRY)
     p = plan(HPE_STAGE2, registry=registry, due={"sgx_factory_reset"})
-    assert p.stage == "sgx" and p.firing == ("sgx_factory_reset",)
-    assert dict(p.patch) == {"SgxFactoryReset": "Enabled"}
-    assert "one-shot sgx_factory_reset (deferred until 'sgx' was applied)" in p.reason
-    # without the run's memory it never fires again: the next stage is planned instead
-    assert plan(HPE_STAGE2, registry=registry).stage == "tdx"
+    assert p.firing == ("sgx_factory_reset",)
+    assert dict(p.patch) == {"TdxEnable": "Enabled", "TdxSeamldrEnable": "Enabled", "SgxFactoryReset": "Enabled"}
+    # without the run's memory it never fires again
+    assert "SgxFactoryReset" not in plan(HPE_STAGE2, registry=registry).patch
     # already pending (a re-run after the PATCH): not patched again, still a reboot
     p = plan(HPE_STAGE2, {"SgxFactoryReset": "Enabled"}, registry, due={"sgx_factory_reset"})
-    assert p.stage == "sgx" and dict(p.patch) == {} and p.reboot
+    assert "SgxFactoryReset" not in p.patch and p.reboot
 
 
-def test_a_due_one_shot_still_read_only_after_its_trigger_is_an_error():
+def test_a_due_one_shot_whose_trigger_was_reverted_waits_for_it_again():
     registry = greyed_until_sgx(HPE_REGISTRY)
-    with pytest.raises(PlanError, match="SgxFactoryReset .*is read-only.*although the earlier stages"):
-        plan({**HPE_STAGE2, "SgxEnable": "Disabled", "MkTme": "Enabled"}, registry=registry, due={"sgx_factory_reset"})
+    p = plan({**HPE_STAGE2, "SgxEnable": "Disabled", "MkTme": "Enabled"}, registry=registry, due={"sgx_factory_reset"})
+    assert "SgxFactoryReset" not in p.patch and p.patch["SgxEnable"] == "Enabled"
+    assert "sgx_factory_reset" in p.passes[1]
+
+
+def test_an_override_that_keeps_a_prerequisite_off_names_it_before_any_write():
+    registry = greyed_until_sgx(HPE_REGISTRY)
+    profile = bios_profile_for("hpe", "tdx", overrides={"sgx": "Disabled"})
+    state = {**HPE_STAGE2, "SgxEnable": "Disabled"}
+    resolved = resolve_settings(profile, registry, state, bmc="dl380a")
+    with pytest.raises(PlanError, match=r"TdxEnable \"Trust Domain Extension \(TDX\)\" \(ServerSecurity > "
+                       r"IntelSecurityOptions\) \[setting 'tdx'\] cannot be set to 'Enabled'.*greyed out while SgxEnable"
+                       r".*fix: the profile's own 'sgx' \(SgxEnable\) cannot take a value that lifts the rule"):
+        plan_firmware(profile, resolved, state, {}, registry, {"sgx_factory_reset"})
 
 
 def test_due_names_must_be_one_shots():
@@ -55,20 +68,19 @@ def test_due_names_must_be_one_shots():
         plan(HPE_STAGE1, due={"sgx"})
 
 
-def test_the_forecast_counts_every_unapplied_stage():
+def test_the_forecast_is_the_computed_passes():
     p = plan(HPE_BIOS)
     assert p.unapplied == ("tme", "sgx", "tdx") and p.expected_reboots() == 3
-    assert "to compliance: 3 reboot(s) (stages tme, sgx, tdx)" in render_plan(p)
+    assert "to compliance: 3 reboot(s) (passes tme, sgx, tdx; computed from the BMC's registry)" in render_plan(p)
     p = plan(HPE_BIOS, registry=greyed_until_sgx(HPE_REGISTRY))
-    assert p.predicted_follow_ups == ("sgx_factory_reset",) and p.expected_reboots() == 4
-    assert "follow-up for one-shot sgx_factory_reset" in render_plan(p)
+    assert p.expected_reboots() == 3 and p.passes[-1][-1] == "sgx_factory_reset"
     done = plan({**HPE_STAGE2, "TdxEnable": "Enabled", "TdxSeamldrEnable": "Enabled"})
     assert done.compliant and done.expected_reboots() == 0 and done.to_dict()["expected_reboots"] == 0
 
 
-def test_passes_needed_counts_a_follow_up_per_stage_with_a_one_shot():
-    assert passes_needed(bios_profile_for("hpe", "tdx")) == 4
-    assert passes_needed(bios_profile_for("hpe", "snp")) == 2
+def test_passes_needed_bounds_the_passes():
+    assert passes_needed(bios_profile_for("hpe", "tdx")) == 9
+    assert passes_needed(bios_profile_for("hpe", "snp")) == 5
 
 
 def test_settings_result_messages_other_than_success_are_reported():

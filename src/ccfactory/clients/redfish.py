@@ -47,7 +47,7 @@ from sushy.connector import Connector
 from sushy.resources.constants import PowerState, ResetType
 
 if TYPE_CHECKING:
-    from ccfactory.config import BmcConfig
+    from ccfactory.model import BmcConfig
 
 log = logging.getLogger("ccfactory.redfish")
 
@@ -64,7 +64,8 @@ class VendorQuirks:
     # attribute registry paths relative to the Bios resource, tried before the generic route
     registry_paths: tuple[str, ...] = ()
     # settings object relative to the Bios resource when Bios does not advertise one
-    settings_fallback: str = "Settings"
+    # (``@Redfish.Settings.SettingsObject``), tried in order
+    settings_fallbacks: tuple[str, ...] = ("Settings",)
     # no settings object at all: PATCH the Bios resource itself
     patch_bios_without_settings: bool = False
     # ApplyTime sent with the PATCH when the BMC lists it in SupportedApplyTimes
@@ -80,28 +81,34 @@ class VendorQuirks:
 QUIRKS: Mapping[str, VendorQuirks] = {
     "dell": VendorQuirks(
         registry_paths=("BiosRegistry",),
-        settings_fallback="Settings",
+        settings_fallbacks=("Settings",),
         job_path="/redfish/v1/Managers/iDRAC.Embedded.1/Oem/Dell/Jobs/{job_id}",
         job_create_path="/redfish/v1/Managers/iDRAC.Embedded.1/Oem/Dell/Jobs",
         source="cc-stack §1.1/§1.2: Bios/BiosRegistry; PATCH + ApplyTime creates a config job (Location -> JID); "
         "explicit POST Jobs {TargetSettingsURI} otherwise; 412 on If-Match with action POSTs (never sent)",
     ),
     "hpe": VendorQuirks(
-        settings_fallback="settings",
+        settings_fallbacks=("settings",),
         source="cc-stack §1.3: lower-case /systems/1/bios, PATCH bios/settings (405 on /bios); "
         "registry Location under /redfish/v1/registrystore (fixture)",
     ),
     "lenovo": VendorQuirks(
-        settings_fallback="Pending",
+        settings_fallbacks=("Pending",),
         source="cc-stack §1.4: PATCH Bios/Pending, not Bios; registry under /redfish/v1/schemas/registries (fixture)",
     ),
     "supermicro": VendorQuirks(
-        settings_fallback="SD",
+        settings_fallbacks=("SD",),
         patch_bios_without_settings=True,
         source="fixture: settings object Bios/SD, registry /registries/BiosAttributeRegistry.1.0.0.json; "
         "older BMCs take the PATCH on Bios itself (cc-stack §1.5, libredfish PR #9)",
     ),
-    "generic": VendorQuirks(source="DMTF: Bios/Settings, AttributeRegistry in /redfish/v1/Registries"),
+    "generic": VendorQuirks(
+        settings_fallbacks=("Settings", "SD"),
+        source="DMTF: Bios/Settings, AttributeRegistry in /redfish/v1/Registries; AMI MegaRAC keeps pending values "
+        "at Bios/SD (fixtures: Supermicro SYS-821GE and NVIDIA DGX H100 Bios/SD; the Gigabyte H262-Z63 AMI mockup, "
+        "Cray-HPE/csm-redfish-interface-emulator@4cb7a59e9c81:mockups/Gigabyte/Systems/Self/Bios, advertises no "
+        "settings object and has no Bios/Settings)",
+    ),
 }
 
 
@@ -311,10 +318,13 @@ def _install_redactor() -> None:
 class _Connector(Connector):
     """sushy's connector with our transport (sushy keeps auth, sessions and error types)."""
 
-    def __init__(self, base_url: str, *, verify: bool | str, timeout: float, transport: _Transport):
+    def __init__(self, base_url: str, *, verify: bool | str, timeout: float, transport: _Transport,
+                 keep_alive: bool = False):
         super().__init__(base_url, verify=verify, server_side_retries=0, default_request_timeout=timeout)
         original: requests.Session = self._session  # type: ignore[has-type]  # sushy is untyped
         transport.headers.update(original.headers)  # sushy asks for Connection: close
+        if keep_alive:  # one TCP + TLS connection for every request of this client
+            transport.headers.pop("Connection", None)
         original.close()
         self._session = transport
 
@@ -348,6 +358,8 @@ class BiosSnapshot:
     # the BMC reports it (HPE, AMI); empty on BMCs that do not (Dell)
     settings_messages: tuple[Mapping[str, Any], ...] = ()
     settings_time: str | None = None
+    # ComputerSystem ProcessorSummary.Model (DMTF ComputerSystem): what the capability check reads
+    processors: tuple[str, ...] = ()
 
     def failed_messages(self) -> tuple[str, ...]:
         """Texts of the settings messages that report an error (not ``Success``).
@@ -390,6 +402,11 @@ class JobStatus:
 class RedfishClient:
     """One BMC. Thread-compatible, not thread-safe: use one client per host.
 
+    ``keep_alive``: keep one HTTPS connection open for every request of the client (one TLS
+    handshake per BMC; ``firmware plan`` reads a fleet this way). Off by default, as in
+    sushy, which asks BMCs to close each connection because some choke on long-lived ones;
+    the firmware role holds its client across reboots of tens of minutes.
+
     Example (against a reachable BMC)::
 
         client = RedfishClient("https://10.0.0.5", "root", password, vendor="dell", verify="/etc/ccf/ca.pem")
@@ -412,6 +429,7 @@ class RedfishClient:
         secret_hint: str = "the configured password",
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] | None = None,
+        keep_alive: bool = False,
     ):
         self.base_url = base_url.rstrip("/")
         self.vendor = vendor
@@ -427,7 +445,8 @@ class RedfishClient:
         _REDACTOR.clients.add(self)
         _install_redactor()
         self._transport = _Transport(retry or RetryPolicy(), self.label, sleep)
-        self._conn = _Connector(self.base_url, verify=verify, timeout=timeout, transport=self._transport)
+        self._conn = _Connector(self.base_url, verify=verify, timeout=timeout, transport=self._transport,
+                                keep_alive=keep_alive)
         # "auto": a Redfish session (token) when the BMC offers one, else HTTP basic
         auth_obj: sushy_auth.AuthBase = (_Auth if auth == "auto" else sushy_auth.BasicAuth)(
             username=username, password=password
@@ -621,6 +640,8 @@ class RedfishClient:
 
     def _bios_path(self) -> str:
         system = self._json(self.system_path, "reading the system")
+        model = (system.get("ProcessorSummary") or {}).get("Model")
+        self._processors = (str(model).strip(),) if isinstance(model, str) and model.strip() else ()
         path = (system.get("Bios") or {}).get("@odata.id")
         if not path:
             raise RedfishError(
@@ -660,6 +681,7 @@ class RedfishClient:
             apply_times=tuple(settings.get("SupportedApplyTimes") or ()),
             settings_messages=tuple(m for m in settings.get("Messages") or () if isinstance(m, Mapping)),
             settings_time=settings.get("Time"),
+            processors=getattr(self, "_processors", ()),
         )
 
     def bios_attributes(self) -> Mapping[str, Any]:
@@ -679,13 +701,14 @@ class RedfishClient:
         advertised = (settings.get("SettingsObject") or {}).get("@odata.id")
         if advertised:
             return str(advertised)
-        candidate = _join(bios_path, self.quirks.settings_fallback)
-        with self._call("looking for the BIOS settings object"):
-            try:
-                self._conn.get(candidate)
-                return candidate
-            except sushy_exc.ResourceNotFoundError:
-                pass
+        for fallback in self.quirks.settings_fallbacks:
+            candidate = _join(bios_path, fallback)
+            with self._call("looking for the BIOS settings object"):
+                try:
+                    self._conn.get(candidate)
+                    return candidate
+                except sushy_exc.ResourceNotFoundError:
+                    pass
         if self.quirks.patch_bios_without_settings:
             return bios_path
         return None

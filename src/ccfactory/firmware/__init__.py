@@ -14,6 +14,7 @@ Example::
     ('snp', {'Snp': 'Enabled', 'CpuMinSevAsid': 100})
 """
 
+from ccfactory.firmware.capability import Capability, CapabilityError, assess
 from ccfactory.firmware.errors import FirmwareError, PlanError, ProfileError, ResolutionError
 from ccfactory.firmware.plan import FirmwarePlan, SettingState, StagePlan, plan_firmware, render_plan
 from ccfactory.firmware.profile import (
@@ -37,9 +38,12 @@ from ccfactory.firmware.resolve import (
 __all__ = [
     "AttributeInfo",
     "AttributeRegistry",
+    "assess",
     "BiosProfile",
     "BiosSetting",
     "BiosStage",
+    "Capability",
+    "CapabilityError",
     "FirmwareError",
     "FirmwarePlan",
     "PlanError",

@@ -42,7 +42,7 @@ from ccfactory.firmware.profile import BiosProfile, bios_profile_for
 from ccfactory.firmware.resolve import AttributeRegistry, resolve_settings
 
 if TYPE_CHECKING:
-    from ccfactory.config import BmcConfig
+    from ccfactory.model import BmcConfig
 
 log = logging.getLogger("ccfactory.firmware")
 
@@ -62,6 +62,12 @@ def default_client(bmc: BmcConfig, host: str) -> RedfishClient:
     return RedfishClient.from_config(bmc, host=host)
 
 
+def reading_client(bmc: BmcConfig, host: str) -> RedfishClient:
+    """``default_client`` that keeps its HTTPS connection open: one TLS handshake and one
+    Redfish session for a short burst of reads (``ccfactory firmware plan``)."""
+    return RedfishClient.from_config(bmc, host=host, keep_alive=True)
+
+
 @dataclass(frozen=True)
 class Step:
     """One pass: the plan read now and what it needs from the BMC."""
@@ -70,6 +76,7 @@ class Step:
     snapshot: BiosSnapshot
     due: frozenset[str]  # one-shots deferred by this run (input of the plan)
     job: JobStatus | None = None  # Dell: a BIOS job already scheduled for pending values
+    done: int = 0  # passes this run applied before this one (the title counts the run's passes)
 
     @property
     def stage(self) -> str:
@@ -77,16 +84,16 @@ class Step:
 
     @property
     def number(self) -> int:
-        return self.plan.number or 0
+        return self.done + (self.plan.number or 0)
 
     @property
     def total(self) -> int:
-        return len(self.plan.stages)
+        return self.done + len(self.plan.passes)
 
     @property
     def title(self) -> str:
         extra = f" (one-shot {', '.join(self.plan.firing)})" if self.plan.firing else ""
-        return f"BIOS stage {self.number}/{self.total} {self.stage!r}{extra}"
+        return f"BIOS pass {self.number}/{self.total} {self.stage!r}{extra}"
 
     def changes(self) -> list[SettingState]:
         """The settings this pass patches or finds pending."""
@@ -200,20 +207,24 @@ class FirmwareDriver:
     def plan_for(self, snapshot: BiosSnapshot, due: Collection[str] = ()) -> FirmwarePlan:
         registry = AttributeRegistry.from_redfish(snapshot.registry, snapshot.attributes)
         resolved = resolve_settings(self.profile, registry, bmc=self.label)
-        return plan_firmware(self.profile, resolved, snapshot.attributes, snapshot.pending, registry, self.known_due(due))
+        return plan_firmware(
+            self.profile, resolved, snapshot.attributes, snapshot.pending, registry, self.known_due(due),
+            cpus=snapshot.processors,
+        )
 
     def known_due(self, due: Collection[str]) -> frozenset[str]:
         """The due one-shots this profile has (a stale marker may name others)."""
         one_shots = {n for n, (_, s) in self.profile.settings().items() if s.one_shot}
         return frozenset(d for d in due if d in one_shots)
 
-    def next_step(self, due: Collection[str] = ()) -> Step | None:
-        """The pass to do now, or ``None`` when every stage is applied and nothing is due."""
+    def next_step(self, due: Collection[str] = (), *, done: int = 0) -> Step | None:
+        """The pass to do now, or ``None`` when every setting is applied and nothing is due.
+        ``done``: passes this run already applied (for the pass numbers in messages)."""
         plan, snapshot = self.read_plan(due)
         if plan.compliant:
             return None
         job = self.client.scheduled_bios_job() if self.client.quirks.job_create_path else None
-        return Step(plan, snapshot, self.known_due(due), job)
+        return Step(plan, snapshot, self.known_due(due), job, done)
 
     # -- writing
 
@@ -290,27 +301,31 @@ class FirmwareDriver:
             job = self.client.wait_for_job(job_id, timeout=job_timeout, interval=min(JOB_POLL, job_timeout))
         due_after = (step.due - set(step.plan.firing)) | set(step.plan.deferred_one_shots)
         snapshot = self.client.read_bios()
-        names = [st.name for st in self.profile.stages]
-        target = names.index(step.stage)
+        wanted = [s for s in step.changes() if not s.one_shot and s.attribute]
+        before_ok = [s for s in step.plan.stages[0].settings if s.action == "ok" and s.attribute] if step.plan.stages else []
         try:
             check = self.plan_for(snapshot)  # judged without due one-shots
         except (PlanError, ResolutionError) as exc:
-            # the planner refuses the first stage not applied; if that is a later one, this
-            # stage is applied and the next pass reports the problem with its own context
-            setting = getattr(exc, "setting", "")
-            later = setting in self.profile.settings() and names.index(self.profile.stage_of(setting).name) > target
-            if not later:
+            # a setting no later pass can write: if this pass's own settings read back applied,
+            # the next pass reports it with its own context; otherwise this pass failed
+            unmet = [s for s in wanted if not _reads(snapshot.attributes, s)]
+            if unmet or getattr(exc, "setting", "") in {s.setting for s in wanted}:
                 raise FirmwareVerifyError(f"{step.title} after the reset: {exc}") from None
             return Outcome(None, frozenset(due_after), job, ())
         plan = self.plan_for(snapshot, due_after) if due_after else check
-        first = names.index(check.stage) if check.stage in names else len(names)
+        ok_now = {s.setting for s in check.stages[0].settings if s.action == "ok"} if check.stages else set()
         problems = []
-        if first < target:
-            problems.append(
-                f"stage {first + 1} {check.stage!r}, applied before, is not any more: {_unmet(check, check.stage)}"
-            )
-        elif first == target:
-            problems.append(f"the BMC reports {_unmet(check, step.stage)}")
+        unmet = [s for s in wanted if s.setting not in ok_now]
+        if unmet:
+            problems.append("the BMC reports " + ", ".join(
+                f"{s.attribute}={_show(snapshot.attributes.get(s.attribute or ''))} (wanted {_show(s.desired)}"
+                + (f", still pending {_show(snapshot.pending.get(s.attribute or ''))}" if _staged(snapshot, s) else "")
+                + ")" for s in unmet))
+        regressed = [s for s in before_ok if s.setting not in ok_now]
+        if regressed:
+            problems.append("applied before, not any more: " + ", ".join(
+                f"{s.attribute}={_show(snapshot.attributes.get(s.attribute or ''))} (wanted {_show(s.desired)})"
+                for s in regressed))
         for s in step.changes():
             if s.one_shot and s.attribute and str(snapshot.pending.get(s.attribute)) == str(s.desired):
                 problems.append(f"one-shot {s.attribute} is still pending: the BMC did not run it at the reset")
@@ -322,31 +337,20 @@ class FirmwareDriver:
                 "Nothing is patched again (no loop): the BIOS kept or restored its old value; check the BMC's log "
                 "and the setting's prerequisites (or a BIOS update), then re-run"
             )
-        stage_plan = check.stages[target]
         applied = tuple(
-            f"{s.attribute}={_show(s.current)}"
-            for s in stage_plan.settings
-            if s.attribute and s.action == "ok" and any(c.setting == s.setting for c in step.changes())
+            f"{s.attribute}={_show(snapshot.attributes.get(s.attribute or ''))}" for s in wanted
         )
         return Outcome(plan, frozenset(due_after), job, applied)
 
 
-def _unmet(plan: FirmwarePlan, stage: str | None) -> str:
-    """``Snp=Disabled (wanted Enabled), Rmp=Disabled (wanted Enabled, still pending)``"""
-    out = []
-    for st in plan.stages:
-        if st.name != stage:
-            continue
-        for s in st.settings:
-            if s.action not in ("patch", "pending", "unknown"):
-                continue
-            if s.action == "unknown":
-                out.append(f"{s.setting}: no attribute visible (wanted {_show(s.desired)})")
-                continue
-            staged = s.pending is not None and str(s.pending) != str(s.current)
-            pending = f", still pending {_show(s.pending)}" if staged else ""
-            out.append(f"{s.attribute}={_show(s.current)} (wanted {_show(s.desired)}{pending})")
-    return ", ".join(out) or f"stage {stage!r} not applied"
+def _staged(snapshot: BiosSnapshot, s: SettingState) -> bool:
+    """A value still staged in the settings object (HPE/Lenovo show a full copy: equal is not staged)."""
+    name = s.attribute or ""
+    return name in snapshot.pending and str(snapshot.pending[name]) != str(snapshot.attributes.get(name))
+
+
+def _reads(attributes: Any, s: SettingState) -> bool:
+    return str(attributes.get(s.attribute or "")) == str(s.desired)
 
 
 def _show(value: Any) -> str:

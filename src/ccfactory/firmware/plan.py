@@ -1,30 +1,32 @@
-"""The firmware plan: which stage to apply next, the PATCH body, and whether to reboot.
+"""The firmware plan: the passes the BMC's registry requires, the PATCH of the first, the reboot.
 
 ``plan_firmware`` is pure: it reads the profile, the resolved names, the BMC's applied
-(``Bios.Attributes``) and pending (settings object) values and its registry, and
-returns a :class:`FirmwarePlan`. The loop around it (PATCH, reboot, re-read, plan
-again) is the role's; each turn applies exactly one stage, because a stage's
-attributes may be read-only or invisible until the previous stage is *applied*.
+(``Bios.Attributes``) and pending (settings object) values, its registry and the CPU model,
+and returns a :class:`FirmwarePlan`. The loop around it (PATCH, reboot, re-read, plan
+again) is the driver's and the role's; each turn applies the first pass only, and the
+next turn recomputes from what the BMC then reports. docs/firmware.md explains the model.
 
 Rules:
 
-* a stage is **applied** when every managed, non-one-shot setting reads back its value;
-* the plan targets the **first** stage not applied; later stages wait;
-* the PATCH holds only that stage's attributes whose value is neither applied nor
-  already **pending** with the right value (a re-run before the reboot patches nothing);
-* a **one-shot** setting (``sgx_factory_reset``) never counts as unapplied; it is
-  patched only when its trigger (``sgx``) is being changed in this run. Where the BMC
-  keeps it read-only until the trigger is *applied* (AMI: greyed out while SGX is off),
-  it is **deferred**: the plan lists it in ``deferred_one_shots`` and the caller, which
-  knows that this run turned the trigger on, plans again with it in ``due_one_shots``
-  after the reset: the stage is then targeted once more, to PATCH only the one-shot
-  (one more reboot). A due one-shot still read-only then is an error;
-* an attribute the BMC marks read-only (or greys out) in the target stage is an error,
-  since every earlier stage is applied; so is a value outside the registry's allowed
-  list or bounds;
+* first, whether the node can run the TEE at all (:mod:`ccfactory.firmware.capability`);
+* a setting is **applied** when it reads back its value; compliant = every managed,
+  non-one-shot setting applied;
+* the **passes** are computed (:meth:`_Context.schedule`): pass 1 takes every remaining
+  setting the registry lets be written in the applied state (no lock, no forced value,
+  no value limit against it), pass 2 every one writable once pass 1 is applied (the
+  BIOS's forced values applied too), and so on: the minimum the registry allows. A profile
+  stage with ``boundary = "hint"`` keeps its settings after the previous stage's (a vendor
+  rule not in the registry, with its source); without any registry dependency, every
+  profile stage is a pass of its own;
+* the PATCH holds only pass 1's attributes whose value is not already **pending** (a
+  re-run before the reboot patches nothing);
+* a **one-shot** (``sgx_factory_reset``) never counts as unapplied; it fires with the pass
+  of its trigger when the BMC lets it be written then, otherwise it is **deferred** to the
+  next pass (``deferred_one_shots``; the caller plans again with it in ``due_one_shots``);
+* a setting no pass can write is a :class:`PlanError` before anything is written, naming
+  the attribute (with DisplayName and menu path), the rule and the fix for its cause;
 * when a reboot is planned, an applied attribute whose pending value would undo it is
-  patched back; when every stage is applied the plan is empty, needs no reboot, and
-  such pending values are only reported as warnings.
+  patched back; when compliant, such pending values are only reported as warnings.
 
 Example::
 
@@ -45,9 +47,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ccfactory.firmware.capability import require
 from ccfactory.firmware.errors import PlanError
-from ccfactory.firmware.profile import BiosProfile, BiosSetting, BiosStage
-from ccfactory.firmware.resolve import AttributeRegistry, Resolution, ValueCheck, check_value
+from ccfactory.firmware.profile import BiosProfile, BiosSetting
+from ccfactory.firmware.resolve import AttributeRegistry, Block, Resolution, ValueCheck, check_value
 
 StageStatus = Literal["applied", "apply", "waiting"]
 _RESTORE = "restore: a pending value would undo it at the reset"
@@ -93,8 +96,9 @@ class FirmwarePlan:
     # applied: fire them in a follow-up pass (plan again with due_one_shots) after the reset
     deferred_one_shots: tuple[str, ...] = ()
     firing: tuple[str, ...] = ()  # due one-shots this plan patches (a follow-up pass)
-    unapplied: tuple[str, ...] = ()  # every stage not applied now, in order (a dry run's count)
-    predicted_follow_ups: tuple[str, ...] = ()  # one-shots of later stages locked now (forecast)
+    unapplied: tuple[str, ...] = ()  # the name of every pass still to run, in order
+    passes: tuple[tuple[str, ...], ...] = ()  # the logical settings of each pass still to run (the forecast)
+    mode: str = "registry"  # registry: passes from the registry's dependencies; profile: the profile's stage order
 
     @property
     def compliant(self) -> bool:
@@ -106,14 +110,9 @@ class FirmwarePlan:
         return next((s.number for s in self.stages if s.name == self.stage), None)
 
     def expected_reboots(self) -> int:
-        """Reboots to reach compliance from here, as far as the BMC shows now: one per
-        unapplied stage, plus one per one-shot that will have to wait for its trigger
-        (a later stage's attributes may still be hidden, so this is a forecast)."""
-        if self.compliant:
-            return 0
-        stage_of = {s.setting: st.name for st in self.stages for s in st.settings}
-        follow_ups = {stage_of[n] for n in (*self.deferred_one_shots, *self.predicted_follow_ups) if n in stage_of}
-        return len(self.unapplied) + len(follow_ups)
+        """Reboots to reach compliance from here: one per pass the registry requires (the
+        same engine the run uses, pass by pass)."""
+        return 0 if self.compliant else len(self.passes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (reports, ``--json``)."""
@@ -130,6 +129,8 @@ class FirmwarePlan:
             "deferred_one_shots": list(self.deferred_one_shots),
             "firing": list(self.firing),
             "unapplied": list(self.unapplied),
+            "passes": [list(p) for p in self.passes],
+            "mode": self.mode,
             "expected_reboots": self.expected_reboots(),
             "stages": [
                 {"name": s.name, "number": s.number, "status": s.status, "settings": [vars(x) for x in s.settings]}
@@ -145,49 +146,47 @@ def plan_firmware(
     pending: Mapping[str, Any] | None,
     registry: AttributeRegistry | Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
     due_one_shots: Collection[str] = (),
+    cpus: Sequence[str] = (),
 ) -> FirmwarePlan:
-    """Diff desired against applied values and plan the first stage not yet applied.
+    """Compute the passes from the BMC's registry and plan the first one.
+
+    First, whether the node can run the TEE at all (:mod:`ccfactory.firmware.capability`:
+    ``cpus`` are the ComputerSystem's processor models; a registry without the TEE's
+    settings is refused too), with the reason, before anything else is judged.
 
     ``current`` is ``Bios.Attributes``; ``pending`` the settings object's ``Attributes``
     (only the staged values, or every attribute on BMCs that show a full copy);
     ``registry`` the attribute registry (document, list or :class:`AttributeRegistry`);
-    ``due_one_shots`` the one-shot settings this run deferred (see the module docstring):
-    their stage counts as not applied until they are sent.
-    Raises :class:`~ccfactory.firmware.errors.ResolutionError` when a setting of the
-    target stage has no attribute, :class:`PlanError` when one is read-only or its
-    value is not allowed. See the module docstring for an example.
+    ``due_one_shots`` the one-shot settings this run deferred (see the module docstring).
+    Raises :class:`~ccfactory.firmware.errors.ResolutionError` when a needed setting has
+    no attribute, :class:`PlanError` when a setting can never be written (with the real
+    cause: immutable, greyed out by X, value limited by Y) or its value is not allowed.
     """
     pending = pending or {}
     index = registry if isinstance(registry, AttributeRegistry) else AttributeRegistry.from_redfish(registry, current)
-    ctx = _Context(profile, resolved, current, pending, index, frozenset(due_one_shots))
     unknown = sorted(set(due_one_shots) - {n for n, (_, s) in profile.settings().items() if s.one_shot})
     if unknown:
         raise ValueError(f"{profile.label}: due one-shot(s) {', '.join(unknown)} are not one-shot settings")
-    unapplied = tuple(stage.name for stage in profile.stages if not ctx.applied(stage) or ctx.due_in(stage))
-    first = next((i for i, stage in enumerate(profile.stages) if not ctx.applied(stage) or ctx.due_in(stage)), None)
-    target = profile.stages[first] if first is not None else None
-    stages: list[StagePlan] = []
-    warnings: list[str] = []
-    for i, stage in enumerate(profile.stages):
-        if first is None:
-            stages.append(ctx.describe_stage(stage, i + 1, "applied"))
-            warnings += ctx.pending_undo(stage)  # compliant: no reboot is planned, so only warn
-        elif i < first:
-            stages.append(ctx.describe_stage(stage, i + 1, "applied", restore=True))
-        elif i == first:
-            stages.append(ctx.plan_stage(stage, i + 1))
-        else:
-            stages.append(ctx.describe_stage(stage, i + 1, "waiting"))
-    warnings += ctx.notes
-    follow_ups = ctx.predicted_follow_ups(first)
-    if first is None or target is None:
-        return FirmwarePlan(resolved.bmc, profile.vendor, profile.tee, tuple(stages), warnings=tuple(warnings))
-    patch = {s.attribute: s.desired for st in stages for s in st.settings if s.action == "patch" and s.attribute}
-    firing = tuple(n for n in target.settings if n in ctx.due)
-    what = f"one-shot {', '.join(firing)} (deferred until {target.name!r} was applied)" if firing and ctx.applied(
-        target
-    ) else ("new settings patched" if patch else "settings already pending")
-    reason = f"BIOS stage {first + 1}/{len(profile.stages)} {target.name!r} of {profile.label}: {what} apply at the next reset"
+    require(profile.tee, cpus, index, resolved, bmc=resolved.bmc)
+    ctx = _Context(profile, resolved, current, pending, index, frozenset(due_one_shots))
+    schedule = ctx.schedule()
+    stages = [ctx.describe_applied(schedule)]
+    for number, names in enumerate(schedule.passes, 1):
+        stages.append(ctx.describe_pass(schedule, number, names))
+    warnings = list(ctx.notes)
+    if not schedule.passes:
+        warnings += ctx.pending_undo()
+        return FirmwarePlan(resolved.bmc, profile.vendor, profile.tee, tuple(stages), warnings=tuple(warnings),
+                            mode=schedule.mode)
+    target = stages[1]
+    patch = {s.attribute: s.desired for st in stages[:2] for s in st.settings if s.action == "patch" and s.attribute}
+    firing = tuple(n for n in schedule.passes[0] if n in ctx.due)
+    what = f"one-shot {', '.join(firing)} (deferred until its trigger was applied)" if firing and not [
+        n for n in schedule.passes[0] if n not in ctx.due
+    ] else ("new settings patched" if patch else "settings already pending")
+    reason = (
+        f"BIOS pass 1/{len(schedule.passes)} {target.name!r} of {profile.label}: {what} apply at the next reset"
+    )
     return FirmwarePlan(
         resolved.bmc,
         profile.vendor,
@@ -198,11 +197,24 @@ def plan_firmware(
         reboot=True,
         reason=reason,
         warnings=tuple(warnings),
-        deferred_one_shots=tuple(ctx.deferred),
+        deferred_one_shots=tuple(schedule.deferred),
         firing=firing,
-        unapplied=unapplied,
-        predicted_follow_ups=follow_ups,
+        unapplied=tuple(st.name for st in stages[1:]),
+        passes=tuple(tuple(p) for p in schedule.passes),
+        mode=schedule.mode,
     )
+
+
+@dataclass
+class Schedule:
+    """The passes from the state read now: each a list of logical settings (one PATCH, one reset)."""
+
+    passes: list[list[str]] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)  # settings that already read back their value
+    deferred: list[str] = field(default_factory=list)  # one-shots of pass 1 locked until their trigger applies
+    pass_of: dict[str, int] = field(default_factory=dict)  # setting -> 1-based pass
+    invisible: list[str] = field(default_factory=list)  # no attribute yet (no registry): placed by the profile order
+    mode: str = "registry"  # "registry": dependencies decide; "profile": no dependencies known, the stage order
 
 
 class _Context:
@@ -220,7 +232,9 @@ class _Context:
         self.profile, self.resolved, self.current, self.pending, self.index = profile, resolved, current, pending, index
         self.due = due
         self.notes: list[str] = []
-        self.deferred: list[str] = []
+        self.settings = profile.settings()
+        self.mode = "registry" if index.has_dependencies else "profile"
+        self.stage_no = {name: profile.stages.index(stage) for name, (stage, _) in self.settings.items()}
 
     # -- reading
 
@@ -233,161 +247,273 @@ class _Context:
         info = self.index.get(attribute) if attribute else None
         return check_value(self.profile, setting, setting.value, info)
 
-    def is_set(self, name: str, setting: BiosSetting) -> bool:
+    def is_set(self, name: str, setting: BiosSetting, state: Mapping[str, Any] | None = None) -> bool:
         attribute = self.attribute(name)
         if attribute is None:
             return False
-        return self.check(name, setting).satisfied_by(self.index.value_of(attribute, self.current))
+        return self.check(name, setting).satisfied_by(self.index.value_of(attribute, self.current if state is None else state))
 
     def counts(self, name: str, setting: BiosSetting) -> bool:
-        """Whether a setting decides if its stage is applied."""
+        """Whether a setting decides compliance (managed, not one-shot, present or required)."""
         if not setting.managed or setting.one_shot:
             return False
         if setting.optional and self.attribute(name) is None:
             return False
         return True
 
-    def applied(self, stage: BiosStage) -> bool:
-        return all(self.is_set(n, s) for n, s in stage.settings.items() if self.counts(n, s))
-
-    def due_in(self, stage: BiosStage) -> bool:
-        """A one-shot of this stage was deferred by this run and not sent yet."""
-        return any(n in self.due for n in stage.settings)
-
-    def predicted_follow_ups(self, first: int | None) -> tuple[str, ...]:
-        """One-shots of stages still to apply whose trigger changes and that the BMC locks
-        now: each will probably need its own follow-up reboot (a dry run's forecast)."""
-        if first is None:
-            return ()
-        out = []
-        # what the BMC will have applied when this stage is patched: earlier stages done
-        simulated = dict(self.current)
-        for stage in self.profile.stages[first:]:
-            for name, setting in stage.settings.items():
-                if not setting.one_shot or name in self.due or name in self.deferred:
-                    continue
-                trigger = stage.settings[setting.trigger or ""]
-                attribute = self.attribute(name)
-                if not trigger.managed or self.attribute(setting.trigger or "") is None:
-                    continue
-                if self.is_set(setting.trigger or "", trigger) or attribute is None:
-                    continue
-                if self.index.lock_reason(attribute, simulated):
-                    out.append(name)
-            for name, setting in stage.settings.items():
-                attribute = self.attribute(name)
-                if attribute and setting.managed and not setting.one_shot:
-                    simulated[attribute] = self.check(name, setting).write
-        return tuple(out)
-
-    # -- the target stage
-
-    def plan_stage(self, stage: BiosStage, number: int) -> StagePlan:
-        states = []
-        for name, setting in stage.settings.items():
-            if not setting.managed:
-                states.append(
-                    self.state(name, setting, "skip", note="not managed: no value; set one in bios_overrides")
-                )
-            elif setting.one_shot:
-                states.append(self.plan_one_shot(stage, name, setting))
-            else:
-                states.append(self.plan_setting(stage, name, setting))
-        return StagePlan(stage.name, number, "apply", tuple(states))
-
-    def plan_setting(self, stage: BiosStage, name: str, setting: BiosSetting) -> SettingState:
+    def label(self, name: str) -> str:
         attribute = self.attribute(name)
-        if attribute is None:
-            if setting.optional:
-                self.notes.append(
-                    f"{self.resolved.bmc}: optional setting {name!r} has no attribute on this BMC; skipped"
-                )
-                return self.state(name, setting, "skip", note="optional; not on this BMC")
-            self.resolved.attribute(name)  # raises the ResolutionError with names tried and suggestions
-        if self.is_set(name, setting):
-            if self.undone(name, setting):
-                return self.write(stage, name, setting, note=_RESTORE)
-            return self.state(name, setting, "ok")
-        return self.write(stage, name, setting)
+        return f"{self.index.label(attribute)} [setting {name!r}]" if attribute else f"setting {name!r}"
 
-    def plan_one_shot(self, stage: BiosStage, name: str, setting: BiosSetting) -> SettingState:
-        trigger_name = setting.trigger or ""
-        trigger = stage.settings[trigger_name]
-        if name in self.due:
-            # deferred by this run until its trigger was applied: send it now; still locked is
-            # an error (the prerequisite is applied), raised by write()
+    # -- the schedule
+
+    def gate(self, name: str) -> int:
+        """Index of the profile stage whose predecessors must be applied before ``name`` is
+        written: the nearest hinted stage boundary at or before its own stage (every
+        boundary when the registry gives no dependencies)."""
+        own = self.stage_no[name]
+        for i in range(own, 0, -1):
+            if self.mode == "profile" or self.profile.stages[i].boundary == "hint":
+                return i
+        return 0
+
+    def gate_open(self, name: str, state: Mapping[str, Any]) -> bool:
+        limit = self.gate(name)
+        for other, (_, setting) in self.settings.items():
+            if self.stage_no[other] < limit and self.counts(other, setting) and self.attribute(other) is not None:
+                if not self.is_set(other, setting, state):
+                    return False
+        return True
+
+    def schedule(self) -> Schedule:
+        """Simulate the passes: each takes every wanted setting writable in the state the
+        earlier passes leave (registry locks, forced values and value limits evaluated on
+        that state, then the BIOS's forced values applied), so the count is the minimum
+        the registry allows; a setting no pass can write is an error with its cause."""
+        self.mode = "registry" if self.index.has_dependencies else "profile"
+        out = Schedule(mode=self.mode)
+        state: dict[str, Any] = dict(self.current)
+        todo: list[str] = []
+        for name, (_, setting) in self.settings.items():
+            if not self.counts(name, setting):
+                continue
+            if self.attribute(name) is None:
+                if self.index.has_registry:
+                    self.resolved.attribute(name)  # absent from this BIOS: raises with names tried
+                out.invisible.append(name)
+                continue
+            if self.is_set(name, setting):
+                out.applied.append(name)
+            else:
+                todo.append(name)
+        one_shots = [n for n, (_, s) in self.settings.items() if s.one_shot and s.managed]
+        waiting_shot: list[str] = [n for n in one_shots if n in self.due]
+        for name in waiting_shot:
             if self.attribute(name) is None:
                 self.resolved.attribute(name)
-            return self.write(stage, name, setting, note=f"one-shot: deferred until {trigger_name} was applied")
-        # fires only in the run that changes its trigger (never when the trigger is absent)
-        firing = trigger.managed and self.attribute(trigger_name) is not None and not self.is_set(trigger_name, trigger)
-        if not firing:
-            return self.state(name, setting, "skip", note=f"one-shot: fires only with {setting.trigger}")
+        guard = 0
+        while todo or waiting_shot:
+            guard += 1
+            if guard > len(self.settings) + 2:
+                raise AssertionError("schedule did not converge")  # each pass takes at least one setting
+            ready = [n for n in todo if self.gate_open(n, state) and self.block_for(n, state) is None]
+            shots = [n for n in waiting_shot if self.block_for(n, state) is None]
+            if not ready and not shots:
+                self.refuse(todo or waiting_shot, state, out)
+            number = len(out.passes) + 1
+            # one-shots fire with their trigger, when the BMC lets them be written now
+            firing: list[str] = []
+            for shot in one_shots:
+                if shot in waiting_shot or shot in self.due:
+                    continue
+                trigger = self.settings[shot][1].trigger or ""
+                if trigger not in ready:
+                    continue
+                if self.attribute(shot) is None:
+                    if self.settings[shot][1].optional:
+                        continue
+                    self.resolved.attribute(shot)
+                if self.block_for(shot, state) is None:
+                    firing.append(shot)
+                else:
+                    waiting_shot.append(shot)  # deferred: the next pass, once the trigger is applied
+                    if number == 1:
+                        out.deferred.append(shot)
+                        self.notes.append(
+                            f"{self.resolved.bmc}: one-shot {shot!r} ({self.attribute(shot)}) not sent with {trigger}: "
+                            f"read-only now ({self.block_for(shot, state).reason}); it is sent once {trigger} is "
+                            "applied, with the next pass"
+                        )
+            names = ready + shots + firing
+            out.passes.append(names)
+            for n in names:
+                out.pass_of[n] = number
+                if n in shots:
+                    waiting_shot.remove(n)
+                if not self.settings[n][1].one_shot:
+                    state[self.attribute(n) or ""] = self.check(n, self.settings[n][1]).write
+            settled = self.index.settle(state)
+            for n in ready + out.applied:
+                if not self.is_set(n, self.settings[n][1], settled):
+                    attribute = self.attribute(n) or ""
+                    raise self.error(
+                        n,
+                        f"{self.label(n)} would not keep {self.check(n, self.settings[n][1]).write!r}: the BIOS "
+                        f"forces it to {settled.get(attribute)!r} once pass {number} is applied",
+                        "fix: the profile asks for values this BIOS's rules contradict; check the registry "
+                        "dependencies of the attribute (or the BIOS version)",
+                    )
+            state = settled
+            todo = [n for n in todo if n not in ready and not self.is_set(n, self.settings[n][1], state)]
+        if out.invisible and out.passes:
+            # attributes some BMCs show only once an earlier stage is applied: after the passes
+            # of the settings of earlier stages (no registry to say more)
+            for name in out.invisible:
+                before = [out.pass_of[n] for n in out.pass_of if self.stage_no[n] < self.stage_no[name]]
+                at = max(before, default=0) + 1
+                if at > len(out.passes):
+                    out.passes.append([])
+                out.passes[at - 1].append(name)
+                out.pass_of[name] = at
+        elif out.invisible:
+            # nothing else to do: the missing setting is needed now
+            self.resolved.attribute(out.invisible[0])
+        if out.passes and any(self.attribute(n) is None for n in out.passes[0]):
+            first_missing = next(n for n in out.passes[0] if self.attribute(n) is None)
+            self.resolved.attribute(first_missing)
+        return out
+
+    def block_for(self, name: str, state: Mapping[str, Any]) -> Block | None:
         attribute = self.attribute(name)
         if attribute is None:
-            if setting.optional:
-                return self.state(name, setting, "skip", note="optional one-shot; not on this BMC")
-            self.resolved.attribute(name)
-        lock = self.index.lock_reason(attribute or "", self.current)
-        if lock and not self.check(name, setting).satisfied_by(self.pending.get(attribute or "")):
-            # A later run would not know that the trigger was turned on by this one, so the
-            # caller fires it after this stage's reset, in the same run (deferred_one_shots).
-            self.deferred.append(name)
-            self.notes.append(
-                f"{self.resolved.bmc}: one-shot {name!r} ({attribute}) not sent with {setting.trigger}: "
-                f"read-only now ({lock}); it is sent once {setting.trigger} is applied, with one more reboot"
-            )
-            return self.state(name, setting, "skip", note=f"one-shot deferred: locked until {setting.trigger} is applied")
-        return self.write(stage, name, setting, note=f"one-shot: fires with {setting.trigger}")
-
-    def write(self, stage: BiosStage, name: str, setting: BiosSetting, note: str = "") -> SettingState:
-        attribute = self.attribute(name) or ""
+            return None
+        setting = self.settings[name][1]
         check = self.check(name, setting)
-        if check.satisfied_by(self.pending.get(attribute)):
-            return self.state(name, setting, "pending", note=note)
-        # a locked attribute often lists only its current value: report the lock first
-        lock = self.index.lock_reason(attribute, self.current)
+        lock = self.index.lock(attribute, state)
         if lock:
-            done = [s.name for s in self.profile.stages[: self.profile.stages.index(stage)]]
-            after = f"although the earlier stages ({', '.join(done)}) are applied" if done else "in the first stage"
-            raise PlanError(
-                f"{self.resolved.bmc}: {self.profile.label} stage {stage.name!r}: attribute {attribute} "
-                f"(setting {name!r}) is read-only: {lock}, {after}; "
-                "fix: set its prerequisite in an earlier stage of the profile, or check the BIOS version",
-                bmc=self.resolved.bmc,
-                setting=name,
-                attribute=attribute,
-                stage=stage.name,
-            )
-        if check.error:
-            raise PlanError(
-                f"{self.resolved.bmc}: {self.profile.label} stage {stage.name!r}: setting {name!r} "
-                f"(attribute {attribute}): {check.error}; allowed: {', '.join(check.allowed) or '?'}; "
+            return lock
+        # a locked attribute often lists only its current value (iDRAC IntelSgx: Off): a value
+        # list read while it was locked is no reason to refuse
+        info = self.index.get(attribute)
+        stale_list = bool(info and info.values) and self.index.lock(attribute, self.current) is not None
+        if check.error and not stale_list:
+            raise self.error(
+                name,
+                f"{self.label(name)}: {check.error}; allowed: {', '.join(check.allowed) or '?'}",
                 "fix: correct the value in bios_overrides or the profile",
-                bmc=self.resolved.bmc,
-                setting=name,
-                attribute=attribute,
-                stage=stage.name,
             )
-        return self.state(name, setting, "patch", note=note)
+        return self.index.block(attribute, check.write, state)
 
-    # -- other stages
+    def refuse(self, names: Sequence[str], state: Mapping[str, Any], out: Schedule) -> None:
+        """No pass can take any of ``names``: raise with the real cause of the first."""
+        for name in names:
+            if not self.gate_open(name, state):
+                continue
+            block = self.block_for(name, state)
+            if block is None:
+                continue
+            after = f" after pass(es) 1-{len(out.passes)}" if out.passes else " in the state the BMC reports now"
+            raise self.error(name, f"{self.label(name)} cannot be set to "
+                             f"{self.check(name, self.settings[name][1]).write!r}{after}: {block.reason}",
+                             self.fix(name, block))
+        raise self.error(names[0], f"{self.label(names[0])}: its profile stage waits for settings no pass can apply",
+                         "fix: check the earlier settings' errors (a profile stage hint orders them)")
 
-    def describe_stage(self, stage: BiosStage, number: int, status: StageStatus, restore: bool = False) -> StagePlan:
-        """An applied or waiting stage. ``restore``: a reboot is planned, so a pending value
-        that would undo an applied setting is patched back (it was writable: it got applied)."""
+    def fix(self, name: str, block: Block) -> str:
+        if block.kind == "immutable":
+            return (
+                "fix: none through Redfish: an Immutable attribute reflects the hardware or a platform lock; check that "
+                f"this CPU and BIOS support {self.profile.tee.upper()} (the capability check), system lockdown, or "
+                "update the BIOS"
+            )
+        managed = {self.attribute(n): n for n in self.settings if self.attribute(n)}
+        causes = [c for c in block.causes if c]
+        if not causes:
+            return (
+                "fix: the registry marks it read-only with no rule that lifts it: check the BIOS version, a BMC "
+                "lock (system lockdown), or the BIOS setup"
+            )
+        ours = [c for c in causes if c in managed]
+        theirs = [c for c in causes if c not in managed]
+        parts = []
+        if theirs:
+            parts.append(
+                "change " + ", ".join(self.index.label(c) for c in theirs)
+                + " so the rule no longer holds (the profile does not manage it: set it in the BIOS setup or "
+                "through the BMC), then re-run"
+            )
+        if ours:
+            parts.append(
+                "the profile's own " + ", ".join(f"{managed[c]!r} ({c})" for c in ours)
+                + " cannot take a value that lifts the rule: check bios_overrides"
+            )
+        return "fix: " + "; ".join(parts)
+
+    def error(self, name: str, text: str, fix: str) -> PlanError:
+        stage = self.settings[name][0].name
+        return PlanError(
+            f"{self.resolved.bmc}: {self.profile.label}: {text}; {fix}",
+            bmc=self.resolved.bmc,
+            setting=name,
+            attribute=self.attribute(name) or "",
+            stage=stage,
+        )
+
+    # -- describing
+
+    def describe_applied(self, schedule: Schedule) -> StagePlan:
+        """Settings already applied (restored when a pending value would undo them and a reset
+        is planned), unmanaged settings and optional ones the BMC lacks."""
         states = []
-        for name, setting in stage.settings.items():
-            if not setting.managed or setting.one_shot:
-                states.append(self.state(name, setting, "skip"))
+        rebooting = bool(schedule.passes)
+        placed = set(schedule.pass_of)
+        for name, (_, setting) in self.settings.items():
+            if name in placed:
+                continue
+            if not setting.managed:
+                states.append(self.state(name, setting, "skip", note="not managed: no value; set one in bios_overrides"))
+            elif setting.one_shot:
+                trigger = setting.trigger or ""
+                states.append(self.state(name, setting, "skip", note=f"one-shot: fires only with {trigger}"))
             elif self.attribute(name) is None:
-                note = "not visible yet" if status == "waiting" else "optional; not on this BMC"
-                states.append(self.state(name, setting, "unknown" if status == "waiting" else "skip", note=note))
-            elif restore and self.undone(name, setting):
+                if setting.optional:
+                    self.notes.append(f"{self.resolved.bmc}: optional setting {name!r} has no attribute on this BMC; skipped")
+                states.append(self.state(name, setting, "skip", note="optional; not on this BMC"))
+            elif rebooting and self.undone(name, setting):
                 states.append(self.state(name, setting, "patch", note=_RESTORE))
             else:
-                states.append(self.state(name, setting, "ok" if self.is_set(name, setting) else "later"))
-        return StagePlan(stage.name, number, status, tuple(states))
+                states.append(self.state(name, setting, "ok"))
+        return StagePlan("applied", 0, "applied", tuple(states))
+
+    def pass_name(self, names: Sequence[str]) -> str:
+        stages = []
+        for n in names:
+            stage = self.settings[n][0].name
+            if stage not in stages:
+                stages.append(stage)
+        return "+".join(stages) or "pass"
+
+    def describe_pass(self, schedule: Schedule, number: int, names: Sequence[str]) -> StagePlan:
+        states = []
+        for name in names:
+            setting = self.settings[name][1]
+            if self.attribute(name) is None:
+                states.append(self.state(name, setting, "unknown", note="not visible yet"))
+                continue
+            note = ""
+            if setting.one_shot:
+                note = (f"one-shot: deferred until {setting.trigger} was applied" if name in self.due
+                        or schedule.pass_of.get(setting.trigger or "") != number else f"one-shot: fires with {setting.trigger}")
+            if number > 1:
+                states.append(self.state(name, setting, "later", note=note))
+                continue
+            attribute = self.attribute(name) or ""
+            if self.check(name, setting).satisfied_by(self.pending.get(attribute)):
+                states.append(self.state(name, setting, "pending", note=note))
+            else:
+                states.append(self.state(name, setting, "patch", note=note))
+        status: StageStatus = "apply" if number == 1 else "waiting"
+        return StagePlan(self.pass_name(names), number, status, tuple(states))
 
     def undone(self, name: str, setting: BiosSetting) -> bool:
         """Applied now, but a pending value would change it at the next reset."""
@@ -396,12 +522,12 @@ class _Context:
             return False
         return not self.check(name, setting).satisfied_by(self.pending[attribute])
 
-    def pending_undo(self, stage: BiosStage) -> list[str]:
+    def pending_undo(self) -> list[str]:
         """Warnings for applied settings that a pending value would change at the next reset."""
         return [
             f"{self.resolved.bmc}: pending {self.attribute(name)}={self.pending[self.attribute(name) or '']!r} "
-            f"would undo {name!r} of applied stage {stage.name!r} at the next reset"
-            for name, setting in stage.settings.items()
+            f"would undo applied setting {name!r} at the next reset"
+            for name, (_, setting) in self.settings.items()
             if self.undone(name, setting)
         ]
 
@@ -423,44 +549,43 @@ def render_plan(plan: FirmwarePlan) -> str:
 
     Example output::
 
-        gpu-01 (dell/snp): stage 2/3 'snp': patch and reboot
-          stage 1 sme: applied
+        gpu-01 (dell/snp): pass 1/2 'snp': patch and reboot
+          applied:
             Sme            [smee]              Enabled
-          stage 2 snp: APPLY NOW
+          pass 1 snp: APPLY NOW
             Snp            [snp]               Disabled -> Enabled  (pending Enabled, not patched again)
             CpuMinSevAsid  [min_sev_asid]      1 -> 100
-          stage 3 rmp: waiting
+          pass 2 rmp: waiting
             Rmp            [snp_rmp_coverage]  Disabled -> Enabled later
-          reboot: BIOS stage 2/3 'snp' of dell/snp: new settings patched apply at the next reset
-          to compliance: 2 reboot(s) (stages snp, rmp)
+          reboot: BIOS pass 1/2 'snp' of dell/snp: new settings patched apply at the next reset
+          to compliance: 2 reboot(s) (passes snp, rmp; computed from the BMC's registry)
     """
-    total = len(plan.stages)
+    passes = [s for s in plan.stages if s.status != "applied"]
     if plan.compliant:
-        head = f"{plan.bmc} ({plan.vendor}/{plan.tee}): compliant, all {total} BIOS stage(s) applied; no reboot"
+        head = f"{plan.bmc} ({plan.vendor}/{plan.tee}): compliant, every BIOS setting applied; no reboot"
     else:
-        number = next(s.number for s in plan.stages if s.name == plan.stage)
         what = "patch and reboot" if plan.patch else "settings already pending; reboot"
-        head = f"{plan.bmc} ({plan.vendor}/{plan.tee}): stage {number}/{total} {plan.stage!r}: {what}"
+        head = f"{plan.bmc} ({plan.vendor}/{plan.tee}): pass 1/{len(passes)} {plan.stage!r}: {what}"
     lines = [head]
     labels = {"applied": "applied", "apply": "APPLY NOW", "waiting": "waiting"}
     every = [s for stage in plan.stages for s in stage.settings]
     name_width = max((len(s.attribute or s.setting) for s in every), default=0)
     tag_width = max((len(s.setting) + 2 for s in every), default=0)
     for stage in plan.stages:
-        lines.append(f"  stage {stage.number} {stage.name}: {labels[stage.status]}")
+        if not stage.settings:
+            continue
+        title = "applied:" if stage.status == "applied" else f"pass {stage.number} {stage.name}: {labels[stage.status]}"
+        lines.append(f"  {title}")
         for s in stage.settings:
             label = f"{(s.attribute or s.setting).ljust(name_width)}  {f'[{s.setting}]'.ljust(tag_width)}"
             lines.append(f"    {label}  {_render_change(s)}".rstrip())
     lines += [f"  warning: {w}" for w in plan.warnings]
     if plan.reboot:
         lines.append(f"  reboot: {plan.reason}")
-        left = plan.expected_reboots()
-        later = f" (stages {', '.join(plan.unapplied)}" + (
-            f"; follow-up for one-shot {', '.join((*plan.deferred_one_shots, *plan.predicted_follow_ups))})"
-            if plan.deferred_one_shots or plan.predicted_follow_ups
-            else ")"
+        how = "computed from the BMC's registry" if plan.mode == "registry" else (
+            "the profile's stage order: the BMC gives no dependencies"
         )
-        lines.append(f"  to compliance: {left} reboot(s){later}")
+        lines.append(f"  to compliance: {plan.expected_reboots()} reboot(s) (passes {', '.join(plan.unapplied)}; {how})")
     return "\n".join(lines)
 
 

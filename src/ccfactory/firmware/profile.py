@@ -1,13 +1,13 @@
-"""BIOS profiles: per vendor and TEE, the ordered stages of logical settings, as data.
+"""BIOS profiles: per vendor and TEE, the logical settings that must hold, as data.
 
 A profile is one TOML file per vendor (``ccfactory/data/bios/<vendor>.toml``) with a
-section per TEE (``[snp]``, ``[tdx]``). Each TEE lists ordered **stages**; a stage is
-applied with one PATCH and one reboot, and the next stage starts only once the
-previous one reads back *applied* (BIOS dependencies make some attributes read-only
-or invisible until then, cc-stack.md §0.2). Each stage maps **logical settings**
-(``smee``, ``snp``, ``tme_mt``, ``sgx_factory_reset`` ...) to candidate attribute names,
-the desired value and flags. Names are resolved against the BMC later
-(:mod:`ccfactory.firmware.resolve`).
+section per TEE (``[snp]``, ``[tdx]``). Each TEE lists **stages** of **logical settings**
+(``smee``, ``snp``, ``tme_mt``, ``sgx_factory_reset`` ...): candidate attribute names, the
+desired value and flags. Names are resolved against the BMC later
+(:mod:`ccfactory.firmware.resolve`). The passes (one PATCH, one reboot each) are computed
+from the BMC's registry (:mod:`ccfactory.firmware.plan`); a stage boundary counts only where
+the stage says ``boundary = "hint"`` (the default): a vendor rule not in the registry, with
+its source in ``why``. ``boundary = "registry"`` makes the stage a grouping only.
 
 An OEM adds a vendor by adding a file: ``bios_profile_for("acme", "snp",
 extra_dirs=["/etc/ccfactory/bios"])`` reads ``/etc/ccfactory/bios/acme.toml``; extra
@@ -106,7 +106,15 @@ class BiosStage(_Model):
     """Settings applied together: one PATCH, one reboot."""
 
     name: str
-    why: str = Field("", description="why this stage is separate from the next")
+    why: str = Field("", description="why this stage is separate from the previous one (the source of the rule)")
+    boundary: Literal["hint", "registry"] = Field(
+        "hint",
+        description=(
+            "hint: the BIOS rule that puts this stage after the previous one is not in the BMC's registry, "
+            "so the planner keeps the order (``why`` gives the source); registry: the registry's dependencies "
+            "decide, and the stage is only a grouping"
+        ),
+    )
     settings: dict[str, BiosSetting]
 
     @field_validator("name")

@@ -79,6 +79,30 @@ class AttributeInfo:
     lower: int | None = None
     upper: int | None = None
     current: Any = None  # registry CurrentValue (AMI BMCs fill it; Dell leaves null)
+    menu_path: str | None = None  # "./ProcSettingsRef", "./MemoryOptions/MemEncryptionOptions"
+    reset_required: bool | None = None  # None: the registry does not say
+
+    def label(self) -> str:
+        """``Rome0139 "TSME" (AMD CBS > ...)``: the name an operator finds in the BIOS menus.
+
+        Example::
+
+            >>> AttributeInfo("Tme", "Total Memory Encryption (TME)", menu_path="./MemoryOptions/MemEncryption").label()
+            'Tme "Total Memory Encryption (TME)" (MemoryOptions > MemEncryption)'
+        """
+        out = self.name
+        if self.display_name and self.display_name.strip() != self.name:
+            out += f' "{self.display_name.strip()}"'
+        menu = menu_text(self.menu_path)
+        return f"{out} ({menu})" if menu else out
+
+
+def menu_text(path: str | None) -> str:
+    """``./MemoryOptions/MemEncryptionOptions`` -> ``MemoryOptions > MemEncryptionOptions``."""
+    if not path:
+        return ""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    return " > ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -92,14 +116,44 @@ class _Condition:
 @dataclass(frozen=True)
 class _Dependency:
     target: str
-    prop: str
+    prop: str  # MapToProperty: ReadOnly, GrayOut, Hidden, Immutable, CurrentValue, LowerBound, UpperBound, Value (Dell)
     value: Any
     conditions: tuple[_Condition, ...]
 
 
+LockKind = Literal["immutable", "read_only", "grey_out", "hidden", "forced", "limited"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """Why the BMC refuses a value for one attribute in a given state, and what causes it.
+
+    ``causes`` are the attributes whose values make the rule hold (empty for a static flag):
+    changing one of them (in an earlier pass) may lift the block.
+    """
+
+    kind: LockKind
+    reason: str
+    causes: tuple[str, ...] = ()
+
+
+# registry property -> kind of block it causes when its dependency holds (DMTF
+# AttributeRegistry MapToProperty; "Value" is Dell's extension: the allowed-value list)
+_LOCKING = (("Immutable", "immutable"), ("ReadOnly", "read_only"), ("GrayOut", "grey_out"))
+
+
 @dataclass(frozen=True)
 class AttributeRegistry:
-    """A BMC's BIOS attributes, indexed by name, with its ``Map`` dependencies."""
+    """A BMC's BIOS attributes, indexed by name, with its ``Map`` dependencies.
+
+    The dependencies follow the DMTF AttributeRegistry schema
+    (DMTF/Redfish-Publications@2025.4:csdl/AttributeRegistry_v1.xml:307-366, 393-511): a ``Map``
+    dependency sets ``MapToProperty`` of ``MapToAttribute`` to ``MapToValue`` when its
+    ``MapFrom`` conditions (EQU/NEQ/GTR/GEQ/LSS/LEQ on another attribute's ``CurrentValue``)
+    hold, joined left to right by ``MapTerms`` (AND/OR). The registry's own flags are the
+    state shown when the registry was read; where dependencies exist for a property, they
+    decide, evaluated on the state given (what the BIOS has applied, or a simulated state).
+    """
 
     attributes: Mapping[str, AttributeInfo]
     dependencies: tuple[_Dependency, ...] = ()
@@ -133,45 +187,115 @@ class AttributeRegistry:
         for name, value in (current or {}).items():
             if name not in attributes:
                 attributes[name] = AttributeInfo(name=name, current=value)
-        return cls(attributes, tuple(d for d in map(_dependency, deps) if d), bool(entries))
+        parsed = tuple(d for d in map(_dependency, deps) if d)
+        return cls(attributes, parsed, bool(entries))
 
     def get(self, name: str) -> AttributeInfo | None:
         return self.attributes.get(name)
 
-    def lock_reason(self, name: str, applied: Mapping[str, Any]) -> str | None:
-        """Why the BMC will refuse a write to ``name`` now, or ``None``.
+    def label(self, name: str) -> str:
+        """AttributeName with DisplayName and menu path, for messages."""
+        info = self.attributes.get(name)
+        return info.label() if info else name
 
-        ``Immutable`` always locks. ``ReadOnly`` and ``GrayOut`` come from the registry's
-        ``Map`` dependencies evaluated on the *applied* values when the registry defines
-        any for that flag (that is how iDRAC keeps ``IntelSgx`` read-only until
-        ``MemoryEncryption`` is applied); otherwise from the flag itself. The
-        dependencies are the BMC's rule; the flag is a snapshot of it, stale in a
-        recorded or cached registry.
+    def rules(self, name: str, prop: str) -> list[_Dependency]:
+        return [d for d in self.dependencies if d.target == name and d.prop == prop]
+
+    @property
+    def has_dependencies(self) -> bool:
+        return bool(self.dependencies)
+
+    # -- locks
+
+    def lock_reason(self, name: str, applied: Mapping[str, Any]) -> str | None:
+        """Why the BMC will refuse any write to ``name`` now, or ``None`` (see :meth:`lock`)."""
+        block = self.lock(name, applied)
+        return block.reason if block else None
+
+    def lock(self, name: str, applied: Mapping[str, Any]) -> Block | None:
+        """The first of Immutable, ReadOnly, GrayOut that holds for ``name`` in ``applied``.
+
+        ``Immutable`` (static) always locks. ``ReadOnly``/``GrayOut``/``Immutable`` come from
+        the registry's ``Map`` dependencies evaluated on ``applied`` when the registry has
+        any for that property (that is how iDRAC keeps ``IntelSgx`` read-only until
+        ``MemoryEncryption`` is applied); otherwise from the flag itself. GrayOut counts as
+        a lock: DMTF says a greyed-out value "can be modified", but the BIOS does not act on
+        it (iLO: ``TdxSeamldrEnable`` greyed out while ``TdxEnable`` is Disabled).
         """
         info = self.attributes.get(name)
         if info is None:
             return None
         if info.immutable:
-            return "the registry marks it Immutable"
-        for prop, static in (("ReadOnly", info.read_only), ("GrayOut", info.grey_out)):
-            reason = self._flag(name, prop, static, applied)
-            if reason:
-                return reason
+            return Block("immutable", "the registry marks it Immutable (it reflects the hardware or a platform lock)")
+        for prop, kind in _LOCKING:
+            static = {"Immutable": False, "ReadOnly": info.read_only, "GrayOut": info.grey_out}[prop]
+            block = self._flag(name, prop, kind, static, applied)
+            if block:
+                return block
+        # hidden by a rule that holds (AMI suppressif, iDRAC TDX until TME-MT is active): the
+        # BMC refuses it (PropertyUnknown) or the BIOS ignores it; a static Hidden flag alone
+        # does not lock (iDRAC lists settable attributes as hidden)
+        if any(_truthy(d.value) for d in self.rules(name, "Hidden")):
+            return self._flag(name, "Hidden", "hidden", False, applied)
+        return None
+
+    def block(self, name: str, value: Any, applied: Mapping[str, Any]) -> Block | None:
+        """Why writing ``value`` to ``name`` would be refused (or undone) in ``applied``.
+
+        Locks first, then a ``CurrentValue`` dependency that forces another value, then a
+        value-list (Dell ``Value``) or bound (``LowerBound``/``UpperBound``) dependency that
+        excludes ``value``.
+        """
+        block = self.lock(name, applied)
+        if block:
+            return block
+        for dep in self.rules(name, "CurrentValue"):
+            if self._holds(dep.conditions, applied) and not _same(dep.value, value):
+                return Block(
+                    "forced",
+                    f"the BIOS forces it to {dep.value!r} while {_describe(dep.conditions, self, applied)}",
+                    self._causes(dep.conditions, applied),
+                )
+        for dep in self.rules(name, "Value"):
+            if self._holds(dep.conditions, applied):
+                allowed = [str(v.get("ValueName")) for v in dep.value or () if isinstance(v, Mapping)]
+                if not any(_same(a, value) for a in allowed):
+                    return Block(
+                        "limited",
+                        f"its values are limited to {', '.join(allowed) or 'none'} while "
+                        f"{_describe(dep.conditions, self, applied)}",
+                        self._causes(dep.conditions, applied),
+                    )
+        for prop, op in (("LowerBound", lambda v, b: v < b), ("UpperBound", lambda v, b: v > b)):
+            for dep in self.rules(name, prop):
+                if self._holds(dep.conditions, applied) and _num(value) is not None and _num(dep.value) is not None:
+                    if op(_num(value), _num(dep.value)):
+                        return Block(
+                            "limited",
+                            f"its {prop} is {dep.value} while {_describe(dep.conditions, self, applied)}",
+                            self._causes(dep.conditions, applied),
+                        )
         return None
 
     def hidden(self, name: str, applied: Mapping[str, Any]) -> bool:
         """Whether the BMC hides the attribute now (informational: hidden is not read-only)."""
         info = self.attributes.get(name)
-        return bool(info and self._flag(name, "Hidden", info.hidden, applied))
+        return bool(info and self._flag(name, "Hidden", "read_only", info.hidden, applied))
 
-    def _flag(self, name: str, prop: str, static: bool, applied: Mapping[str, Any]) -> str | None:
-        rules = [d for d in self.dependencies if d.target == name and d.prop == prop and _truthy(d.value)]
+    def _flag(self, name: str, prop: str, kind: LockKind, static: bool, applied: Mapping[str, Any]) -> Block | None:
+        rules = [d for d in self.rules(name, prop) if _truthy(d.value)]
         if not rules:
-            return f"the registry marks it {prop}" if static else None
+            return Block(kind, f"the registry marks it {prop}") if static else None
         for dep in rules:
             if self._holds(dep.conditions, applied):
-                return f"{prop} while {_describe(dep.conditions)} (registry dependency)"
+                return Block(
+                    kind,
+                    f"{_PROP_WORDS.get(prop, prop)} while {_describe(dep.conditions, self, applied)} (registry dependency)",
+                    self._causes(dep.conditions, applied),
+                )
         return None
+
+    # -- values
 
     def value_of(self, name: str, applied: Mapping[str, Any]) -> Any:
         """Applied value: ``Bios.Attributes``, else the registry's ``CurrentValue``."""
@@ -180,9 +304,44 @@ class AttributeRegistry:
         info = self.attributes.get(name)
         return info.current if info else None
 
+    def settle(self, state: Mapping[str, Any], *, limit: int = 20) -> dict[str, Any]:
+        """The state after the BIOS applies its ``CurrentValue`` dependencies (forced values),
+        repeated until nothing changes: what a POST does to the values it was given.
+
+        Example::
+
+            >>> reg = AttributeRegistry.from_redfish({"RegistryEntries": {"Attributes": [], "Dependencies": [
+            ...     {"Type": "Map", "Dependency": {"MapToAttribute": "EnableMkTme", "MapToProperty": "CurrentValue",
+            ...      "MapToValue": "Enabled", "MapFrom": [{"MapFromAttribute": "MemoryEncryption",
+            ...      "MapFromCondition": "EQU", "MapFromProperty": "CurrentValue", "MapFromValue": "MultipleKeys"}]}}]}})
+            >>> reg.settle({"MemoryEncryption": "MultipleKeys", "EnableMkTme": "Disabled"})["EnableMkTme"]
+            'Enabled'
+        """
+        out = dict(state)
+        forced = [d for d in self.dependencies if d.prop == "CurrentValue"]
+        for _ in range(limit):
+            changed = False
+            for dep in forced:
+                if self._holds(dep.conditions, out) and not _same(self.value_of(dep.target, out), dep.value):
+                    out[dep.target] = dep.value
+                    changed = True
+            if not changed:
+                break
+        return out
+
+    def _causes(self, conditions: Sequence[_Condition], applied: Mapping[str, Any]) -> tuple[str, ...]:
+        """The attributes of the conditions that hold (what the operator would change)."""
+        held = [c.attribute for c in conditions
+                if self.value_of(c.attribute, applied) is not None
+                and _compare(c.condition, self.value_of(c.attribute, applied), c.value)]
+        return tuple(dict.fromkeys(held or [c.attribute for c in conditions]))
+
     def _holds(self, conditions: Sequence[_Condition], applied: Mapping[str, Any]) -> bool:
-        # DMTF MapTerms join each condition to the result so far, left to right. Dell
-        # omits MapTerms where the help text means "any of these" (IntelSgx), so None = OR.
+        # DMTF: MapTerms "should be evaluated in array order, meaning ... left-to-right"
+        # (Redfish-Publications@2025.4:csdl/AttributeRegistry_v1.xml:362-365); each term joins
+        # a condition to the result so far. iDRAC omits MapTerms where the help text means
+        # "any of these" (IntelSgx read-only if NodeInterleave, MemOpMode or MemoryEncryption
+        # says so), so a missing term is OR.
         result = False
         for i, cond in enumerate(conditions):
             value = self.value_of(cond.attribute, applied)
@@ -196,8 +355,25 @@ class AttributeRegistry:
         return result
 
 
+_PROP_WORDS = {"ReadOnly": "read-only", "GrayOut": "greyed out", "Immutable": "immutable", "Hidden": "hidden"}
+
+
 def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _num(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    na, nb = _num(a), _num(b)
+    if na is not None and nb is not None:
+        return na == nb
+    return str(a) == str(b)
 
 
 def _compare(condition: str, actual: Any, expected: Any) -> bool:
@@ -212,13 +388,21 @@ def _compare(condition: str, actual: Any, expected: Any) -> bool:
         return False
 
 
-def _describe(conditions: Sequence[_Condition]) -> str:
+def _describe(conditions: Sequence[_Condition], registry: AttributeRegistry | None = None,
+              applied: Mapping[str, Any] | None = None) -> str:
+    """``TdxEnable "Trust Domain Extension (TDX)" is Disabled``; with a registry and state,
+    only the conditions that hold are named (the ones the operator must change)."""
     words = {"EQU": "is", "NEQ": "is not", "GTR": ">", "GEQ": ">=", "LSS": "<", "LEQ": "<="}
     parts = []
-    for i, c in enumerate(conditions):
-        text = f"{c.attribute} {words.get(c.condition, c.condition)} {c.value}"
-        parts.append(text if i == 0 else f"{(c.terms or 'or').lower()} {text}")
-    return " ".join(parts)
+    for c in conditions:
+        if registry is not None and applied is not None and (c.terms or "OR").upper() == "OR" and len(conditions) > 1:
+            value = registry.value_of(c.attribute, applied)
+            if value is None or not _compare(c.condition, value, c.value):
+                continue
+        name = registry.label(c.attribute) if registry is not None else c.attribute
+        text = f"{name} {words.get(c.condition, c.condition)} {c.value}"
+        parts.append(text if not parts else f"{(c.terms or 'or').lower()} {text}")
+    return " ".join(parts) or "its conditions hold"
 
 
 def _attribute_info(entry: Mapping[str, Any]) -> AttributeInfo | None:
@@ -242,6 +426,8 @@ def _attribute_info(entry: Mapping[str, Any]) -> AttributeInfo | None:
         lower=entry.get("LowerBound"),
         upper=entry.get("UpperBound"),
         current=entry.get("CurrentValue"),
+        menu_path=entry.get("MenuPath") if isinstance(entry.get("MenuPath"), str) else None,
+        reset_required=entry.get("ResetRequired") if isinstance(entry.get("ResetRequired"), bool) else None,
     )
 
 
@@ -393,7 +579,7 @@ class _Matcher:
             f"{bmc}: BIOS setting {setting_name!r} ({where}) matches no attribute in {source}; "
             f"tried names {', '.join(setting.names) or '-'}"
             + (f"; display names {', '.join(repr(d) for d in setting.display_names)}" if setting.display_names else "")
-            + (f"; closest on this BMC: {', '.join(suggestions)}" if suggestions else "")
+            + (f"; closest on this BMC: {', '.join(self.index.label(n) for n in suggestions)}" if suggestions else "")
             + "; fix: add the BMC's name to the profile (an OEM profile directory), or check the BIOS version"
         )
         return ResolutionError(message, bmc=bmc, setting=setting_name, tried=tried, suggestions=suggestions)

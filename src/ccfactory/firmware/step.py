@@ -50,7 +50,7 @@ def firmware_step(
     snapshot = client.read_bios()
     registry = AttributeRegistry.from_redfish(snapshot.registry, snapshot.attributes)
     resolved = resolve_settings(profile, registry, bmc=client.label)
-    plan = plan_firmware(profile, resolved, snapshot.attributes, snapshot.pending, registry)
+    plan = plan_firmware(profile, resolved, snapshot.attributes, snapshot.pending, registry, cpus=snapshot.processors)
     applied = None
     if plan.patch and not dry:
         applied = client.apply_bios(plan.patch, snapshot=snapshot)

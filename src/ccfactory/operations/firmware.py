@@ -52,7 +52,7 @@ from ccfactory.parsers.checks import CheckResult
 from ccfactory.parsers.tee import TeeStatus
 
 if TYPE_CHECKING:
-    from ccfactory.config import BmcConfig, NodeConfig
+    from ccfactory.model import BmcConfig, NodeConfig
 
 logger = logging.getLogger("pyinfra")
 
@@ -63,16 +63,19 @@ CLIENT_FACTORY: ClientFactory | None = None
 
 
 def passes_needed(profile: BiosProfile) -> int:
-    """Operations the role declares: one per stage, plus one follow-up per stage with a one-shot.
+    """Operations the role declares: an upper bound of the passes the planner can compute.
+
+    Each pass applies at least one setting (the planner refuses a state where none can be
+    written), and a one-shot locked until its trigger is applied may take one more, so
+    the bound is the number of settings with a value. Passes not needed are no-ops.
 
     Example::
 
         >>> from ccfactory.firmware import bios_profile_for
-        >>> passes_needed(bios_profile_for("supermicro", "tdx"))
-        5
+        >>> passes_needed(bios_profile_for("hpe", "tdx"))
+        9
     """
-    with_one_shot = sum(1 for stage in profile.stages if any(s.one_shot for s in stage.settings.values()))
-    return len(profile.stages) + with_one_shot
+    return sum(1 for _, setting in profile.settings().values() if setting.managed)
 
 
 # ------------------------------------------------------------------ one host's run
@@ -158,7 +161,7 @@ class FirmwareRun:
                 self.driver.close()
                 self.report.planning_requests = self.driver.requests
             if self.preview.error:
-                self.log(f"firmware plan: cannot read the BMC: {self.preview.error}", "warning")
+                self.log(f"firmware plan: cannot plan this host: {self.preview.error}", "warning")
             else:
                 self.log(f"firmware plan:\n{self.preview.text}")
         return self.preview
@@ -214,12 +217,12 @@ class FirmwareRun:
         read = f": {', '.join(outcome.applied)}" if outcome.applied else ""
         nxt = ""
         if outcome.plan is not None and outcome.plan.compliant:
-            nxt = "; all stages applied"
+            nxt = "; every setting applied"
             self.compliant = True
         elif outcome.plan is not None and outcome.plan.firing:
             nxt = f"; next: one-shot {', '.join(outcome.plan.firing)}, deferred until {step.stage!r} was applied"
         elif outcome.plan is not None:
-            nxt = f"; next: stage {outcome.plan.stage!r}"
+            nxt = f"; next: pass {outcome.plan.stage!r}"
         self.log(f"{step.title} applied and verified after the reset ({took:.1f}s{job}){read}{nxt}")
         self.job_id = None
         return True
@@ -319,13 +322,13 @@ def bios_stage(index: int, passes: int, cfg: NodeConfig):
         host.noop("BIOS compliant (read by an earlier pass of this run)")
         return
     try:
-        step = run.driver.next_step(run.due)
+        step = run.driver.next_step(run.due, done=len(run.report.stages))
     except Exception as exc:  # noqa: BLE001 - never crash the run: fail this host
         yield FunctionCommand(_fail_run, (run, _message(exc)), {})
         return
     if step is None:
         run.compliant = True
-        host.noop(f"BIOS compliant: all {len(run.driver.profile.stages)} stage(s) of {run.driver.profile.label} applied")
+        host.noop(f"BIOS compliant: every setting of {run.driver.profile.label} applied")
         return
     before = run.due
     yield FunctionCommand(run.apply, (step,), {})

@@ -42,6 +42,7 @@ log = logging.getLogger("ccfactory.lab.bmc")
 
 SUSHY_TOOLS_VERSION = "2.2.0"
 ENV_KEY = "ccfactory.bmc"
+CONNECTION_KEY = "ccfactory.connection"  # set by the server: which TCP connection carried the request
 # sushy-tools views whose URL rules would shadow vendor paths: they dispatch like ours.
 OVERRIDDEN_VIEWS = (
     "bios",
@@ -273,8 +274,10 @@ class LabMiddleware:
             return self._authenticator(rt)(environ, logged_start_response)
         finally:
             # Path and status only: never headers, bodies or credentials.
-            log.info("%s %s %s -> %s (%.0f ms)", rt.node, environ.get("REQUEST_METHOD"),
-                     environ.get("PATH_INFO"), seen.get("status", "?"), (time.monotonic() - started) * 1000)
+            conn = environ.get(CONNECTION_KEY)
+            log.info("%s %s %s -> %s (%.0f ms%s)", rt.node, environ.get("REQUEST_METHOD"),
+                     environ.get("PATH_INFO"), seen.get("status", "?"), (time.monotonic() - started) * 1000,
+                     f", connection {conn}" if conn is not None else "")
 
 
 class LabAuth:

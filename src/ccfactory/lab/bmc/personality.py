@@ -13,6 +13,8 @@ A personality says, as data, how one vendor's BMC looks and behaves:
   read-only, default, one-shot), each with a ``source``;
 * ``[[dependencies]]``: DMTF registry ``Map`` dependencies (read-only/hidden/greyed-out
   until another attribute is *applied*), each with a ``source``;
+* ``[recording.<tee>]``: a real capture (Bios values, full registry and its rules) served
+  under the file's own attributes (:mod:`ccfactory.lab.bmc.recording`);
 * ``[features.common|snp|tdx]``: how applied attributes map to
   :class:`ccfactory.lab.platform.PlatformFeatures`, the lab's hardware truth.
 
@@ -42,6 +44,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ccfactory.lab.bmc.messages import message
+from ccfactory.lab.bmc.recording import RecordingError, merge_recordings
 from ccfactory.lab.errors import LabError
 from ccfactory.lab.platform import PlatformFeatures
 
@@ -67,7 +70,7 @@ class AttrDef(_Model):
     """One BIOS attribute of the registry."""
 
     name: str
-    type: Literal["Enumeration", "Integer", "String", "Boolean"]
+    type: Literal["Enumeration", "Integer", "String", "Boolean", "Password"]
     display: str
     source: str
     tee: list[Tee] | None = None  # None: present whatever the CPU
@@ -82,6 +85,7 @@ class AttrDef(_Model):
     immutable: bool = False
     hidden: bool = False
     one_shot: Scalar | None = None  # value it reads again after it fired (e.g. SGX factory reset)
+    absent: bool = False  # in the registry, not in the recorded Bios: no value, hidden (recording.py)
     reset_required: bool = True
     menu: str = "./"
     help: str = ""
@@ -107,11 +111,16 @@ class Condition(_Model):
 
 
 class Dependency(_Model):
-    """A DMTF attribute-registry ``Map`` dependency, evaluated on APPLIED values."""
+    """A DMTF attribute-registry ``Map`` dependency, evaluated on APPLIED values.
+
+    ``set = "Value"`` is iDRAC's extension (not in the DMTF MapToProperty enum): while the
+    conditions hold, the attribute accepts only the ValueNames listed in ``value``
+    (R750 BIOS 1.13.2: MemoryEncryption SingleKey/Disabled while CpuPaLimit is Enabled).
+    """
 
     for_: str = Field(alias="for")
-    set: Literal["ReadOnly", "Hidden", "GrayOut", "CurrentValue"]
-    value: Scalar = True  # MapToValue
+    set: Literal["ReadOnly", "Hidden", "GrayOut", "CurrentValue", "Value"]
+    value: Union[Scalar, list[str]] = True  # MapToValue (Value: the allowed ValueNames)
     when: list[Condition]
     source: str
     tee: list[Tee] | None = None
@@ -222,6 +231,8 @@ class Personality(_Model):
     attributes: list[AttrDef]
     dependencies: list[Dependency] = Field(default_factory=list)
     features: dict[Literal["common", "snp", "tdx", "none"], dict[str, FeatureRule]] = Field(default_factory=dict)
+    # per TEE: the recording merged in (ccfactory.lab.bmc.recording), filled at load
+    recordings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -244,7 +255,7 @@ class Personality(_Model):
 
     def defaults(self, tee: str) -> dict[str, Scalar]:
         """Factory defaults (TEE disabled) for every attribute, e.g. ``{"Sme": "Disabled", ...}``."""
-        return {name: a.default_for(tee) for name, a in self.attributes_for(tee).items()}
+        return {name: a.default_for(tee) for name, a in self.attributes_for(tee).items() if not a.absent}
 
     def accepted_values(self, attr: AttrDef) -> list[str]:
         """Enumeration values a client writes and reads (ValueName, or ValueDisplayName on AMI)."""
@@ -262,7 +273,7 @@ class Personality(_Model):
             for name, a in self.attributes_for(tee).items()
         }
         for dep in self.dependencies_for(tee):
-            if dep.set != "CurrentValue" and _holds(dep.when, applied):
+            if dep.set not in ("CurrentValue", "Value") and _holds(dep.when, applied):
                 out[dep.for_][dep.set] = bool(dep.value)
         return out
 
@@ -274,6 +285,15 @@ class Personality(_Model):
             if d.set == "CurrentValue" and _holds(d.when, applied)
         }
 
+    def limits(self, tee: str, applied: dict[str, Scalar]) -> dict[str, list[str]]:
+        """Allowed values narrowed by ``Value`` dependencies that hold on APPLIED values."""
+        out: dict[str, list[str]] = {}
+        for d in self.dependencies_for(tee):
+            if d.set == "Value" and isinstance(d.value, list) and _holds(d.when, applied):
+                allowed = out.get(d.for_)
+                out[d.for_] = [v for v in d.value if allowed is None or v in allowed]
+        return out
+
     def validate_write(self, tee: str, applied: dict[str, Scalar], attrs: dict[str, Any]) -> list[dict[str, Any]]:
         """Redfish messages for every attribute in ``attrs`` that cannot be staged ([] if all fine).
 
@@ -282,6 +302,7 @@ class Personality(_Model):
         """
         known = self.attributes_for(tee)
         flags = self.flags(tee, applied)
+        limits = self.limits(tee, applied)
         errors: list[dict[str, Any]] = []
         for name, value in attrs.items():
             attr = known.get(name)
@@ -291,8 +312,16 @@ class Personality(_Model):
             if flags[name]["ReadOnly"] or flags[name]["GrayOut"]:
                 errors.append(message("PropertyNotWritable", name, prop=name))
                 continue
+            if name in limits and value not in self._spellings(attr, limits[name]):
+                errors.append(message("PropertyValueNotInList", _show(value), name, prop=name))
+                continue
             errors.extend(self._check_value(attr, value))
         return errors
+
+    def _spellings(self, attr: AttrDef, names: list[str]) -> list[str]:
+        """The accepted spellings (ValueName or ValueDisplayName) of the ValueNames ``names``."""
+        field = "name" if self.bios.enum_value == "ValueName" else "display"
+        return [getattr(v, field) for v in attr.enum_values() if v.name in names]
 
     def _check_value(self, attr: AttrDef, value: Any) -> list[dict[str, Any]]:
         name, shown = attr.name, _show(value)
@@ -311,7 +340,7 @@ class Personality(_Model):
         elif attr.type == "Boolean":
             if not isinstance(value, bool):
                 return [message("PropertyValueTypeError", shown, name, prop=name)]
-        elif attr.type == "String":
+        elif attr.type in ("String", "Password"):
             if not isinstance(value, str):
                 return [message("PropertyValueTypeError", shown, name, prop=name)]
             if (attr.max_length is not None and len(value) > attr.max_length) or (
@@ -391,6 +420,8 @@ def _as_int(value: Any) -> int:
 
 
 def _compare(left: Any, cond: str, right: Any) -> bool:
+    if left is None:  # an attribute without a value (absent from the Bios) meets no condition
+        return False
     if cond == "EQU":
         return left == right
     if cond == "NEQ":
@@ -417,6 +448,35 @@ def _holds(conditions: list[Condition], applied: dict[str, Scalar]) -> bool:
 
 
 # ---------------------------------------------------------------------- loading
+def provenance_report(p: Personality) -> dict[str, Any]:
+    """What no recording backs in a personality: every attribute and dependency whose
+    ``source`` is not ``rec:`` (a vendor document, ``cc-stack``, or a ``lab`` invention).
+
+    A profile that passes the lab on such a name can still meet ``PropertyUnknown`` on
+    hardware; docs/firmware.md lists these per vendor.
+
+    Example::
+
+        >>> r = provenance_report(load_personality("hpe"))
+        >>> r["attributes"]["unrecorded"]
+        ['AmdSecureNestedPaging']
+    """
+    def split(items: list[Any], key: Any) -> dict[str, Any]:
+        unrecorded = [key(i) for i in items if not i.source.startswith("rec")]
+        return {"total": len(items), "recorded": len(items) - len(unrecorded), "unrecorded": unrecorded}
+
+    return {
+        "vendor": p.vendor,
+        "attributes": split(p.attributes, lambda a: a.name),
+        "dependencies": split(p.dependencies, lambda d: f"{d.for_} {d.set} <- " + ", ".join(c.attr for c in d.when)),
+        # per TEE: the capture served, and its rules the emulator cannot enforce (counted)
+        "recordings": {tee: {"dir": Path(m["dir"]).name, "overlay": m["overlay"],
+                             "skipped_rules": m["skipped_rules"],
+                             # names the overlay serves that this TEE's capture does not have
+                             "not_in_capture": m.get("not_in_capture", [])} for tee, m in p.recordings.items()},
+    }
+
+
 def personality_dirs() -> list[Path]:
     """Where personalities are looked up: ``$CCFACTORY_BMC_PERSONALITIES`` first, then the built-ins."""
     extra = [Path(p) for p in os.environ.get(PERSONALITY_PATH_ENV, "").split(os.pathsep) if p]
@@ -446,9 +506,11 @@ def load_personality(vendor: str) -> Personality:
 @functools.lru_cache(maxsize=32)
 def _load(path: Path, _mtime: int) -> Personality:
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = merge_recordings(tomllib.loads(path.read_text()), path.parent)
+    except (OSError, tomllib.TOMLDecodeError, RecordingError) as exc:
         raise LabError(f"cannot read BMC personality {path}: {exc}") from None
+    except (KeyError, TypeError) as exc:
+        raise LabError(f"invalid BMC personality {path}: [recording] needs dir = \"...\" per TEE ({exc})") from None
     try:
         p = Personality.model_validate(data)
     except ValidationError as exc:

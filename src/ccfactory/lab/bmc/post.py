@@ -49,6 +49,13 @@ def run_post(state: BmcState, p: Personality, faults: FaultSwitch) -> None:
         state.pending, state.pending_apply_time = {}, None
         return
     previous = dict(state.applied)
+    # the BIOS applies a staged value only if its registry rules allow it in the state it
+    # boots from (locked, greyed out or outside a value limit: ignored, reported as failed)
+    refused = sorted(n for n, v in state.pending.items() if p.validate_write(state.tee, previous, {n: v}))
+    for name in refused:
+        state.pending.pop(name)
+    if refused:
+        state.event("refused_at_post", attributes=refused)
     state.applied.update(state.pending)
     attrs = p.attributes_for(state.tee)
     for name in state.pending:
@@ -64,5 +71,8 @@ def run_post(state: BmcState, p: Personality, faults: FaultSwitch) -> None:
     if reverted:
         state.event("reverted", attributes=sorted(reverted))
     state.event("applied", attributes=sorted(set(state.pending) - set(reverted)))
-    state.settings_result = SettingsResult(time=iso(now), messages=[message("Success")])
+    state.settings_result = SettingsResult(
+        time=iso(now),
+        messages=[message("SettingsFailed", prop=name) for name in refused] or [message("Success")],
+    )
     state.pending, state.pending_apply_time = {}, None

@@ -116,7 +116,7 @@ def _registry_entry(p: Personality, attr: AttrDef, flags: dict[str, bool], appli
         for key, value in (("LowerBound", attr.lower), ("UpperBound", attr.upper), ("ScalarIncrement", attr.step)):
             if value is not None:
                 entry[key] = value
-    if attr.type == "String":
+    if attr.type in ("String", "Password"):
         for key, value in (("MinLength", attr.min_length), ("MaxLength", attr.max_length)):
             if value is not None:
                 entry[key] = value
@@ -168,7 +168,7 @@ def render_registry(p: Personality, tee: str, state: BmcState) -> dict[str, Any]
                     ],
                     "MapToAttribute": d.for_,
                     "MapToProperty": d.set,
-                    "MapToValue": d.value,
+                    "MapToValue": _map_to_value(attrs[d.for_], d.value) if d.set == "Value" else d.value,
                 },
             }
             for d in p.dependencies_for(tee)
@@ -180,6 +180,12 @@ def render_registry(p: Personality, tee: str, state: BmcState) -> dict[str, Any]
         ],
     }
     return body
+
+
+def _map_to_value(attr: AttrDef, names: Any) -> list[dict[str, str]]:
+    """iDRAC's ``Value`` map lists the allowed entries as the registry's Value list does
+    (rec: R750 BIOS 1.13.2 registry, MemoryEncryption while CpuPaLimit is Enabled)."""
+    return [{"ValueDisplayName": v.display, "ValueName": v.name} for v in attr.enum_values() if v.name in names]
 
 
 def render_registry_file(p: Personality, tee: str) -> dict[str, Any]:

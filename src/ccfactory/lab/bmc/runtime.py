@@ -86,10 +86,15 @@ class Route:
     methods: frozenset[str]
 
 
+POWER_ACTION_TIMEOUT = 600.0
+
+
 def _default_power_fn(lab_dir: Path, node: str, action: str) -> Any:
     # Imported lazily: ccfactory.lab.power is the lab core's (and needs root/nspawn).
     module = importlib.import_module("ccfactory.lab.power")
-    return module.power(lab_dir, node, action)
+    # a BMC waits for the OS to go down as long as it takes: a GracefulRestart is not a failure
+    # after a minute (systemd may spend its stop timeouts on a unit under a loaded controller)
+    return module.power(lab_dir, node, action, timeout=POWER_ACTION_TIMEOUT)
 
 
 class BmcRuntime:
@@ -201,7 +206,7 @@ class BmcRuntime:
             return self._status_cache[1]
         try:
             result = self._power_fn(self.lab_dir, self.node, "status")
-        except Exception as exc:  # the lab core may not be there (unit tests, BMC-only use)
+        except Exception as exc:  # noqa: BLE001 - the lab core may not be there (unit tests, BMC-only use)
             if not self._power_warned:
                 log.warning("%s: cannot read node power state (%s); reporting the BMC's own view",
                             self.node, exc.__class__.__name__)
@@ -254,6 +259,7 @@ class BmcRuntime:
             hang = faults.reset_hang if boots else ""
             if boots and not hang:
                 run_post(state, p, self.faults)  # POST: staged BIOS settings apply now
+                state.power.posted_boot = self.spec.power == "node" and bool(action)
             elif hang:
                 for job in state.jobs:
                     if job.state == "Scheduled":
@@ -281,7 +287,7 @@ class BmcRuntime:
         error = None
         try:
             self._power_fn(self.lab_dir, self.node, action)
-        except Exception as exc:  # report, never crash the emulator
+        except Exception as exc:  # noqa: BLE001 - report, never crash the emulator
             error = f"node power action {action!r} failed: {exc.__class__.__name__}: {exc}"
             log.error("%s: %s", self.node, error)
         self._status_cache = None

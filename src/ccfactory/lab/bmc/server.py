@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ccfactory.lab.bmc.emulator import install, wsgi_for
+from ccfactory.lab.bmc.emulator import CONNECTION_KEY, install, wsgi_for
 from ccfactory.lab.bmc.runtime import BmcRuntime, PowerFn
 from ccfactory.lab.bmc.spec import node_dir, read_spec
 
@@ -50,6 +51,107 @@ def load_power_hook(value: str | None) -> PowerFn | None:
     return getattr(module, name)
 
 
+KEEP_ALIVE_IDLE = 30.0  # seconds an idle persistent connection stays open
+MAX_DRAIN = 1 << 20  # unread request body bytes drained to keep a connection; more closes it
+
+
+READER_KEY = "ccfactory.request_reader"
+
+
+class _RequestReader:
+    """The handler's ``rfile``. werkzeug reads whatever arrives in the 10 ms after each response
+    and discards it (its server closes every connection, so that can only be an unread body);
+    on a persistent connection that would be the client's next request. Once the response is
+    written, ``read`` returns nothing; request lines and headers (``readline``) pass."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.responded = False
+
+    def readline(self, *args: Any) -> bytes:
+        return self.raw.readline(*args)
+
+    def read(self, *args: Any) -> bytes:
+        return b"" if self.responded else self.raw.read(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class _Responded:
+    """The app's response iterable; marks the response written once it is exhausted."""
+
+    def __init__(self, result: Any, reader: _RequestReader | None) -> None:
+        self._result, self._reader = result, reader
+
+    def __iter__(self) -> Any:
+        try:
+            yield from self._result
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        if self._reader is not None:
+            self._reader.responded = True
+
+    def close(self) -> None:
+        self._done()
+        close = getattr(self._result, "close", None)
+        if close is not None:
+            close()
+
+
+def persistent(app: Any) -> Any:
+    """Wrap a WSGI app for ``QuietHandler``'s persistent connections (see ``_RequestReader``)."""
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        return _Responded(app(environ, start_response), environ.get(READER_KEY))
+
+    return wrapped
+
+
+class _CountingInput:
+    """The request body stream; counts what the app read so the rest can be drained."""
+
+    def __init__(self, stream: Any, length: str | None) -> None:
+        self._stream = stream
+        try:
+            self.length = max(0, int(length or 0))
+        except ValueError:
+            self.length = 0
+        self.consumed = 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self.length - self.consumed
+        data = self._stream.read(left if size is None or size < 0 else min(size, left)) if left > 0 else b""
+        self.consumed += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        left = self.length - self.consumed
+        data = self._stream.readline(left if size is None or size < 0 else min(size, left)) if left > 0 else b""
+        self.consumed += len(data)
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+    def drain(self) -> bool:
+        """Read what the app left; False if too much is left (the connection must close)."""
+        left = self.length - self.consumed
+        if left > MAX_DRAIN:
+            return False
+        while left > 0:
+            chunk = self.read(min(left, 65536))
+            if not chunk:
+                return False
+            left -= len(chunk)
+        return True
+
+
 def ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -65,7 +167,49 @@ def serve(lab_dir: Path, nodes: list[str], power_fn: PowerFn | None = None, read
     """
     from werkzeug.serving import WSGIRequestHandler, make_server
 
+    connections = itertools.count(1)  # numbers the TCP (TLS) connections of this process
+
     class QuietHandler(WSGIRequestHandler):
+        """HTTP/1.1 with persistent connections, as BMCs serve them (werkzeug's handler closes
+        every connection after one response): a client that does not ask for ``Connection:
+        close`` keeps its connection (one TLS handshake for a session's reads), idle ones are
+        closed after ``KEEP_ALIVE_IDLE`` s. A request body the app left unread is drained first,
+        so the next request starts at its request line; a chunked one ends the connection."""
+
+        timeout = KEEP_ALIVE_IDLE
+        disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
+        _body: _CountingInput | None = None
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection_number = next(connections)
+            self.rfile = _RequestReader(self.rfile)
+
+        def make_environ(self) -> dict[str, Any]:
+            self.rfile.responded = False
+            environ = super().make_environ()
+            environ[CONNECTION_KEY] = self.connection_number  # the request log line names it
+            environ[READER_KEY] = self.rfile
+            if environ.get("wsgi.input_terminated"):  # chunked: no length to drain to
+                self._body = None
+                self.close_connection = True
+            else:
+                self._body = _CountingInput(self.rfile.raw, environ.get("CONTENT_LENGTH"))
+                environ["wsgi.input"] = self._body
+            return environ
+
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() == "connection" and value.lower() == "close" and not self.close_connection:
+                return  # werkzeug's unconditional close; the client's own choice stands
+            super().send_header(keyword, value)
+
+        def run_wsgi(self) -> None:
+            self._body = None
+            super().run_wsgi()
+            body = self._body
+            if body is not None and not self.close_connection and not body.drain():
+                self.close_connection = True
+
         def log_request(self, *args: Any, **kwargs: Any) -> None:
             pass  # the lab middleware logs one line per request (node, path, status)
 
@@ -76,7 +220,7 @@ def serve(lab_dir: Path, nodes: list[str], power_fn: PowerFn | None = None, read
         runtime = BmcRuntime(lab_dir, spec, power_fn=power_fn)
         tls = node_dir(lab_dir, node) / "tls"
         try:
-            server = make_server(spec.address, spec.port, wsgi_for(runtime), threaded=True,
+            server = make_server(spec.address, spec.port, persistent(wsgi_for(runtime)), threaded=True,
                                  request_handler=QuietHandler,
                                  ssl_context=ssl_context(tls / "cert.pem", tls / "key.pem"))
         except (OSError, SystemExit) as exc:  # werkzeug exits itself when the port is taken

@@ -109,7 +109,7 @@ def _check_runtime_deps() -> None:
 
 def _check_address(spec: BmcSpec) -> None:
     """Fail early and clearly when the management address is not on this host."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(socket.AF_INET6 if ":" in spec.address else socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((spec.address, 0))
         except OSError as exc:
@@ -119,14 +119,6 @@ def _check_address(spec: BmcSpec) -> None:
                     "bring the lab network (bridge ccfbmc0) up first"
                 ) from None
             raise
-
-
-def _listening(address: str, port: int, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _prepare(lab_dir: Path, spec: BmcSpec) -> None:
@@ -316,7 +308,7 @@ def status(lab_dir: Path) -> list[BmcStatus]:
         pid = _our_pid(rd / f"{group}.pid") if group else None
         out.append(BmcStatus(
             node=node, vendor=spec.vendor, tee=spec.tee, url=spec.url, group=group, pid=pid,
-            listening=bool(pid) and _listening(spec.address, spec.port),
+            listening=bool(pid) and proc.listening(spec.address, spec.port, timeout=0.3),
             log=(rd / f"{group}.log") if group else None,
         ))
     return out

@@ -52,7 +52,7 @@ class BmcSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     node: str = Field(pattern=NODE_NAME_PATTERN)
-    index: int = Field(ge=0, le=244)
+    index: int = Field(ge=0, le=9999)  # 10.199.1.(10+index) only up to 244; larger fleets give an address
     vendor: str
     tee: Literal["snp", "tdx", "none"]
     address: str
@@ -72,9 +72,9 @@ class BmcSpec(BaseModel):
     @classmethod
     def _ip(cls, v: str) -> str:
         try:
-            return str(ipaddress.IPv4Address(v))
+            return str(ipaddress.ip_address(v))  # IPv4, or IPv6 for a lab up with --ipv6
         except ValueError:
-            raise ValueError(f"BMC address must be an IPv4 address, got {v!r}") from None
+            raise ValueError(f"BMC address must be an IPv4 or IPv6 address, got {v!r}") from None
 
     @classmethod
     def for_node(cls, node: str, index: int, *, vendor: str, tee: str, **extra: object) -> "BmcSpec":
@@ -87,8 +87,9 @@ class BmcSpec(BaseModel):
 
     @property
     def url(self) -> str:
-        """Base URL of the Redfish service, e.g. ``https://10.199.1.11``."""
-        return f"https://{self.address}" if self.port == 443 else f"https://{self.address}:{self.port}"
+        """Base URL of the Redfish service, e.g. ``https://10.199.1.11`` (IPv6 in brackets)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"https://{host}" if self.port == 443 else f"https://{host}:{self.port}"
 
 
 def bmc_root(lab_dir: Path) -> Path:

@@ -87,6 +87,10 @@ class Power(BaseModel):
     state: Literal["On", "Off"] = "On"
     since: float = Field(default_factory=time.time)
     op: PowerOp | None = None
+    # POST already ran for the node's next boot (the BMC's own reset): the boot hook skips it
+    # even when the reset's power action outlived its wait (a slow shutdown), so one reset is
+    # one POST however long the node takes to go down
+    posted_boot: bool = False
 
 
 class SettingsResult(BaseModel):
@@ -267,7 +271,8 @@ def apply_pending_on_boot(lab_dir: Path, node: str) -> bool:
     if not store.exists():
         return False
     with store.transaction() as state:
-        if state.power.op is not None:
+        if state.power.op is not None or state.power.posted_boot:
+            state.power.posted_boot = False  # this boot is the reset's: its POST has run
             return False
         run_post(state, load_personality(state.vendor), FaultSwitch(lab_dir, node))
         now = time.time()
