@@ -1,4 +1,8 @@
-"""The KBS admin client against the lab Trustee stand-in on 127.0.0.1 (real HTTPS, real processes)."""
+"""The KBS admin client against the lab Trustee stand-in on 127.0.0.1 (real HTTPS, real processes).
+
+The stand-in's behaviour is traced to Trustee v0.21.0 in docs/trustee-standin.md; the client's
+handling of upstream-shaped and broken answers is in test_kbs_client_upstream.py.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ from ccfactory.kbs.operations import AdminSpec, apply_admin_state, check_health,
 from ccfactory.kbs.pki import ensure_pki
 from ccfactory.kbs.policy import PolicySpec, render_resource_policy
 
+from trustee_claims import FIXTURES  # noqa: E402
+
+UPSTREAM_CPU_POLICY = (FIXTURES / "ear_default_policy_cpu.rego").read_text()  # trustee@v0.21.0, verbatim
 STRICT = render_resource_policy(PolicySpec("strict", cpu_tees=("snp", "tdx"), gpu_paths=("*",)))
 PERMISSIVE = render_resource_policy(PolicySpec("lab-permissive"))
 
@@ -32,9 +39,14 @@ def kbs(tmp_path_factory):
 
 
 @pytest.fixture
-def client(kbs):
+def ledger(tmp_path):
+    return Ledger(tmp_path / "ledger.json", "instance-1")
+
+
+@pytest.fixture
+def client(kbs, ledger):
     c = kbs.client()
-    c.set_resource_policy(STRICT)
+    c.set_resource_policy(STRICT, ledger)
     return c
 
 
@@ -45,11 +57,11 @@ def secret_file(tmp_path, content=b"top secret model key"):
     return path
 
 
-def test_policy_set_is_idempotent(client):
-    assert client.get_resource_policy() == STRICT
-    assert client.set_resource_policy(STRICT) is False
-    assert client.set_resource_policy(PERMISSIVE) is True
-    assert client.set_resource_policy(STRICT) is True
+def test_policy_set_is_idempotent(client, ledger):
+    assert client.list_resource_policies() == ["resource-policy"]
+    assert client.set_resource_policy(STRICT, ledger) is False
+    assert client.set_resource_policy(PERMISSIVE, ledger) is True
+    assert client.set_resource_policy(STRICT, ledger) is True
 
 
 def test_resource_upload_is_idempotent_by_content(client, tmp_path):
@@ -70,14 +82,15 @@ def test_sample_attestation_is_denied_by_the_strict_policy(client, tmp_path):
     session = client.attest_sample()
     with pytest.raises(PolicyDenied) as err:
         client.get_resource(session, "models/llama/key")
-    assert err.value.status == 403 and err.value.kind == "PolicyDeny" and err.value.detail == "Access denied by policy"
-    assert client.negative_health_check() == "sample evidence is denied by the resource policy (403 PolicyDeny)"
+    assert err.value.status == 401 and err.value.kind == "PolicyDeny" and err.value.detail == "Access denied by policy"
+    assert client.negative_health_check() == "sample evidence is denied by the resource policy (401 PolicyDeny)"
 
 
 def test_affirming_sample_evidence_is_still_denied(client, tmp_path):
-    # with matching reference values the stand-in appraises sample evidence as affirming:
-    # the strict policy still refuses it, because it is not SNP/TDX evidence
-    client.ensure_reference_values({"svn": ["1"], "launch_digest": ["abcde"]}, Ledger(tmp_path / "l.json", "i"))
+    # with the reference values upstream's default_cpu policy checks, sample evidence is
+    # appraised affirming: the strict policy still refuses it, because it is not SNP/TDX evidence
+    client.ensure_reference_values({"svn": ["1"], "launch_digest": ["abcde"], "major_version": 1,
+                                    "minimum_minor_version": 0})  # fmt: skip
     session = client.attest_sample()
     from ccfactory.kbs import jose
 
@@ -87,32 +100,33 @@ def test_affirming_sample_evidence_is_still_denied(client, tmp_path):
         client.get_resource(session, "models/llama/key")
 
 
-def test_allowed_only_with_the_lab_permissive_policy(client, tmp_path):
+def test_allowed_only_with_the_lab_permissive_policy(client, tmp_path, ledger):
     client.ensure_resource("models/llama/key", secret_file(tmp_path, b"the key"), Ledger(tmp_path / "l.json", "i"))
-    client.set_resource_policy(PERMISSIVE)
+    client.set_resource_policy(PERMISSIVE, ledger)
     try:
         assert client.get_resource(client.attest_sample(), "models/llama/key") == b"the key"
-        with pytest.raises(HealthCheckFailed, match="released ccfactory/health/probe|expected 403"):
+        with pytest.raises(HealthCheckFailed, match="released ccfactory/health/probe|expected a PolicyDeny"):
             client.negative_health_check()
         assert client.negative_health_check(expect_denial=False).startswith("LAB PERMISSIVE")
     finally:
-        client.set_resource_policy(STRICT)
+        client.set_resource_policy(STRICT, ledger)
 
 
-def test_wrong_admin_key_is_rejected(kbs):
+def test_wrong_admin_key_is_rejected(kbs, tmp_path):
     stranger = kbs.client(admin_key=ed25519.Ed25519PrivateKey.generate())
     with pytest.raises(AdminAuthError) as err:
-        stranger.set_resource_policy(PERMISSIVE)
+        stranger.set_resource_policy(PERMISSIVE, Ledger(tmp_path / "stranger.json", "i"))
     message = str(err.value)
-    assert err.value.status == 401 and "refused the admin credential" in message
+    assert err.value.status == 401 and err.value.kind == "AdminAuthAccess" and "refused the admin credential" in message
     assert "admin.pub" in message and "admin.key" in message
-    assert kbs.client().get_resource_policy() != PERMISSIVE
+    # the KBS still holds a policy that denies sample evidence
+    assert kbs.client().negative_health_check().endswith("PolicyDeny)")
 
 
 def test_admin_key_not_matching_the_deployed_public_key(kbs, tmp_path):
     other = ensure_pki(tmp_path / "other-site", site="other", names=["localhost"], kbs_url=kbs.url)
     with pytest.raises(AdminAuthError, match="refused the admin credential"):
-        KbsClient(kbs.url, ca_cert=kbs.pki.tls_ca_cert, admin_key=other.admin_key).get_resource_policy()
+        KbsClient(kbs.url, ca_cert=kbs.pki.tls_ca_cert, admin_key=other.admin_key).list_resource_policies()
 
 
 def test_admin_auth_check(client):
@@ -122,7 +136,7 @@ def test_admin_auth_check(client):
 def test_https_is_verified_with_the_site_ca(kbs, tmp_path):
     other = ensure_pki(tmp_path / "other-site", site="other", names=["localhost"], kbs_url=kbs.url)
     with pytest.raises(KbsUnreachable, match="certificate is not trusted"):
-        KbsClient(kbs.url, ca_cert=other.tls_ca_cert, admin_key=kbs.pki.admin_key).get_resource_policy()
+        KbsClient(kbs.url, ca_cert=other.tls_ca_cert, admin_key=kbs.pki.admin_key).list_resource_policies()
 
 
 def test_a_url_the_certificate_does_not_name_is_refused(tmp_path):
@@ -166,15 +180,14 @@ def test_admin_state_plan_apply_and_health(kbs, tmp_path):
     spec = AdminSpec(
         url=kbs.url, ca_cert=str(kbs.pki.tls_ca_cert), admin_key=str(kbs.pki.admin_key),
         server_cert=str(kbs.pki.server_cert), ledger=str(tmp_path / "ledger.json"), instance_file="/n/a", lab=False,
-        resource_policy=STRICT, attestation_policy="package policy\n", reference_values={"snp_launch_measurement": ["ab"]},
+        resource_policy=STRICT, attestation_policy=UPSTREAM_CPU_POLICY, reference_values={"snp_launch_measurement": ["ab"]},
         resources={"apps/web/token": str(secret_file(tmp_path))},
     )  # fmt: skip
     client = spec.client()
-    client.set_resource_policy(PERMISSIVE)
     ledger = Ledger(spec.ledger, "inst")
     planned = plan_admin_state(spec, client, ledger)
-    assert planned == [
-        "resource policy", "attestation policy", "reference value snp_launch_measurement", "resource apps/web/token"]  # fmt: skip
+    assert planned == ["resource policy", "attestation policy default_cpu", "reference value snp_launch_measurement",
+                       "resource apps/web/token"]  # fmt: skip
     assert apply_admin_state(spec, client, ledger) == planned
     assert plan_admin_state(spec, client, Ledger(spec.ledger, "inst")) == []
     assert apply_admin_state(spec, client, Ledger(spec.ledger, "inst")) == []

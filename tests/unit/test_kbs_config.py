@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import shlex
 import tomllib
 
 import pytest
@@ -46,7 +47,7 @@ def test_rendered_config_is_https_and_authenticated(config):
         "certificate": f"{KEYS_DIR}/https.crt",
         "payload_request_size": 2,
     }
-    assert c["attestation_token"] == {"trusted_certs_paths": [f"{KEYS_DIR}/site-ca.crt"], "insecure_header_jwk": False}
+    assert c["attestation_token"] == {"trusted_certs_paths": [f"{KEYS_DIR}/token-ca.crt"], "insecure_header_jwk": False}
     assert c["attestation_service"]["type"] == "coco_as_builtin"
     assert c["attestation_service"]["attestation_token_broker"]["signer"] == {
         "key_path": f"{KEYS_DIR}/token.key",
@@ -116,18 +117,57 @@ def test_required_sections():
         validate_kbs_config({"admin": {"authorization_mode": "DenyAll"}})
 
 
-def test_unit_runs_kbs_as_its_user_with_the_config_file():
-    text = render_unit(port=8443, flavour="trustee v0.21.0")
-    assert text.startswith("# Managed by ccfactory")
+IMAGE = "ghcr.io/confidential-containers/key-broker-service@sha256:" + "ab" * 32
+
+
+def _unit(text: str) -> configparser.ConfigParser:
     unit = configparser.ConfigParser(strict=True, interpolation=None)
     unit.optionxform = str
     unit.read_string(text)
+    return unit
+
+
+def test_unit_runs_the_image_by_digest_without_capabilities():
+    """podman 4.3.1's own `generate systemd --new` layout; upstream's binary path in the image
+    (trustee@v0.21.0:kbs/docker/Dockerfile:79). The lab checks the unit with systemd-analyze on a node."""
+    text = render_unit(port=8443, flavour="trustee v0.21.0", image=IMAGE)
+    assert text.startswith("# Managed by ccfactory")
+    unit = _unit(text)
     service = unit["Service"]
-    assert service["ExecStart"] == f"/usr/local/bin/kbs --config-file {CONFIG_FILE}"
-    assert service["User"] == "kbs" and service["NoNewPrivileges"] == "yes" and service["ReadWritePaths"] == "/var/lib/trustee"
-    assert "AmbientCapabilities" not in service
-    low = configparser.ConfigParser(interpolation=None)
-    low.optionxform = str
-    low.read_string(render_unit(port=443, flavour="x"))
-    assert low["Service"]["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
+    argv = shlex.split(service["ExecStart"].replace("\\\n", " "))
+    assert argv[:2] == ["/usr/bin/podman", "run"]
+    assert argv[-3:] == ["/usr/local/bin/kbs", "--config-file", CONFIG_FILE] and argv[-4] == IMAGE
+    for flag in ("--read-only", "--rm", "--replace"):
+        assert flag in argv
+    assert argv[argv.index("--cap-drop") + 1] == "all" and "--cap-add" not in argv
+    assert argv[argv.index("--pull") + 1] == "never"  # the role pulled it by digest
+    assert argv[argv.index("--security-opt") + 1] == "no-new-privileges"
+    volumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
+    assert volumes == ["/etc/trustee:/etc/trustee:ro", "/var/lib/trustee:/var/lib/trustee:rw"]
+    assert service["Type"] == "notify" and service["Restart"] == "on-failure"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+    low = shlex.split(_unit(render_unit(port=443, flavour="x", image=IMAGE))["Service"]["ExecStart"].replace("\\\n", " "))
+    assert low[low.index("--cap-add") + 1] == "NET_BIND_SERVICE"
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["ghcr.io/confidential-containers/key-broker-service:built-in-as-v0.21.0",
+     "ghcr.io/org/kbs@sha256:abc", "ghcr.io/org/kbs@sha256:" + "ab" * 32 + " --privileged", "kbs@sha256:" + "ab" * 32],
+)  # fmt: skip
+def test_unit_refuses_anything_but_an_image_by_digest(image):
+    with pytest.raises(ValueError, match="a tag is never run"):
+        render_unit(port=8443, flavour="x", image=image)
+
+
+def test_kbs_config_values_are_serialised_not_pasted():
+    """Every value of kbs-config.toml goes through tomli_w: hostile values parse back unchanged."""
+    from ccfactory.kbs.client import ADMIN_ENDPOINTS
+
+    hostile = 'x"]\n[admin]\nauthorization_mode = "InsecureAllowAll"\n#'
+    c = tomllib.loads(render_kbs_config(socket=hostile, insecure_http=False, nvidia_verifier=None, keys_dir=hostile,
+                                        storage_dir=hostile))  # fmt: skip
+    assert c["http_server"]["sockets"] == [hostile] and c["http_server"]["private_key"] == f"{hostile}/https.key"
+    assert c["admin"]["authorization_mode"] == "AuthenticatedAuthorization"  # nothing injected
+    assert c["storage_backend"]["backends"]["local_fs"]["dir_path"] == hostile
+    assert c["admin"]["authorization"]["regex_acl"]["acls"][0]["allowed_endpoints"] == ADMIN_ENDPOINTS

@@ -46,7 +46,7 @@ def test_first_run_makes_everything_with_tight_modes(tmp_path):
     ca = load_cert(pki.tls_ca_cert)
     assert signed_by(cert, ca) and ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     chain = pki.token_chain.read_bytes()
-    assert chain.count(b"BEGIN CERTIFICATE") == 2 and chain.endswith(pki.tls_ca_cert.read_bytes())
+    assert chain.count(b"BEGIN CERTIFICATE") == 2 and chain.endswith(pki.token_ca_cert.read_bytes())
     token_key = serialization.load_pem_private_key(pki.token_key.read_bytes(), None)
     assert isinstance(token_key, ec.EllipticCurvePrivateKey) and token_key.curve.name == "secp256r1"
 
@@ -121,8 +121,21 @@ def test_operator_ca_with_its_key_issues_the_https_certificate(tmp_path):
     ours = make(tmp_path, sources=PkiSources(ca_cert=str(theirs.tls_ca_cert), ca_key=str(theirs.root / "ca.key")))
     assert ours.tls_ca_cert == theirs.tls_ca_cert
     assert signed_by(load_cert(ours.server_cert), load_cert(theirs.tls_ca_cert))
-    # the attestation-token chain stays on the site's own CA
-    assert ours.token_ca_cert == ours.root / "ca.crt"
+    # the attestation-token chain stays on the site's own token CA
+    assert ours.token_ca_cert == ours.root / "token-ca.crt"
+
+
+def test_the_token_anchor_signs_nothing_but_the_token_signer(tmp_path):
+    """Trustee trusts any token whose header x5c chains to trusted_certs_paths
+    (trustee@v0.21.0:kbs/src/crypto/jwt.rs:180-252): if the HTTPS certificate chained to the
+    same anchor, whoever holds https.key could mint attestation tokens."""
+    pki = make(tmp_path)
+    token_ca = load_cert(pki.token_ca_cert)
+    assert not signed_by(load_cert(pki.server_cert), token_ca)
+    assert token_ca.fingerprint(hashes.SHA256()) != load_cert(pki.tls_ca_cert).fingerprint(hashes.SHA256())
+    chain = pki.token_chain.read_bytes()
+    assert chain.count(b"BEGIN CERTIFICATE") == 2 and chain.endswith(pki.token_ca_cert.read_bytes())
+    assert (pki.root / "token-ca.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_operator_ca_without_key_is_refused_with_the_ways_out(tmp_path):
@@ -164,7 +177,9 @@ def test_ca_rotation_reissues_what_it_signed(tmp_path):
     ca = load_cert(second.tls_ca_cert)
     assert ca.fingerprint(hashes.SHA256()) != old_ca
     assert signed_by(load_cert(second.server_cert), ca)
-    assert {"KBS HTTPS certificate", "token signer certificate"} <= set(second.created)
+    assert "KBS HTTPS certificate" in second.created
+    assert "token signer certificate" not in second.created  # the token chain has its own CA
+    assert signed_by(load_cert(second.token_chain), load_cert(second.token_ca_cert))
 
 
 def test_cli_makes_and_rotates_without_printing_keys(tmp_path, capsys):

@@ -41,7 +41,7 @@ def test_resources_are_checked_on_the_controller(tmp_path):
     text = problems(kbs_cfg(), {"kbs_resources": {"models/llama/key": str(tmp_path / "missing.key")}})
     assert f"kbs-01: kbs_resources[models/llama/key]: file {tmp_path / 'missing.key'} does not exist on the controller" in text
     text = problems(kbs_cfg(), {"kbs_resources": {"models/llama/key": str(tmp_path)}})
-    assert "does not exist on the controller" in text  # a directory is not a resource file
+    assert "is not a regular file" in text  # a directory is not a resource file
 
 
 @pytest.mark.parametrize("path", ["models/key", "models/llama/key/v1", ".hidden/llama/key", "models/ll ama/key",
@@ -83,8 +83,25 @@ def test_policy_and_reference_value_files(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("= broken")
     assert "kbs_reference_values_file" in problems(kbs_cfg(), {"kbs_reference_values_file": str(bad)})
-    assert "give a non-empty list" in problems(kbs_cfg(), {"kbs_reference_values": {"x": []}})
+    assert "or a non-empty list of them" in problems(kbs_cfg(), {"kbs_reference_values": {"x": []}})
     assert "kbs_policy_file: file" in problems(kbs_cfg(), {"kbs_policy_file": str(tmp_path / "nope.rego")})
+
+
+def test_reference_values_take_the_shape_the_attestation_policy_compares(tmp_path):
+    """`in` names become lists, `==` names stay one value (a one-item list is unwrapped): the
+    default policy's strict configuration checks compare scalars (ear_default_policy_cpu.rego:128-133)."""
+    given = {"snp_smt_enabled": True, "snp_guest_abi_minor": [31], "snp_launch_measurement": "ab" * 48,
+             "snp_microcode": 115}  # fmt: skip
+    s = kbs_settings(kbs_cfg(), {"kbs_reference_values": given})
+    assert s.reference_values == {"snp_smt_enabled": True, "snp_guest_abi_minor": 31,
+                                  "snp_launch_measurement": ["ab" * 48], "snp_microcode": [115]}  # fmt: skip
+    said = problems(kbs_cfg(), {"kbs_reference_values": {"snp_smt_enabled": [True, False]}})
+    assert "snp_smt_enabled: the attestation policy compares it with `==`, so it takes one value, not 2" in said
+    # the operator's own attestation policy decides the shapes
+    policy = tmp_path / "cpu.rego"
+    policy.write_text('package policy\nimport rego.v1\nok if input.snp.platform_smt_enabled in query_reference_value("snp_smt_enabled")\n')
+    s = kbs_settings(kbs_cfg(), {"kbs_reference_values": {"snp_smt_enabled": True}, "kbs_attestation_policy_file": str(policy)})
+    assert s.reference_values == {"snp_smt_enabled": [True]}
 
 
 @pytest.mark.parametrize(
@@ -128,3 +145,12 @@ def test_key_table_documents_every_key():
 def test_server_names():
     assert server_names("kbs-01", {"ssh_hostname": "10.0.0.5"}) == ["kbs-01", "10.0.0.5"]
     assert server_names("10.199.0.13", {}) == ["10.199.0.13"]
+
+
+def test_tdx_first_use_files_must_be_readable(tmp_path):
+    token = tmp_path / "w2.jwt"
+    token.write_text("a.b.c")
+    s = kbs_settings(kbs_cfg(), {"kbs_tdx_first_use": {"w2": str(token)}})
+    assert s.tdx_first_use == {"w2": str(token)}
+    said = problems(kbs_cfg(), {"kbs_tdx_first_use": {"w3": str(tmp_path / "missing.jwt")}})
+    assert "kbs_tdx_first_use[w3]: file" in said and "does not exist on the controller" in said

@@ -1,10 +1,13 @@
 """Run the lab Trustee stand-in on 127.0.0.1 the way a KBS node runs it (helpers, no tests).
 
-The stand-in is laid out from the same files as its tarball and started as
-``python3 bin/kbs --config-file FILE`` with Debian 12's ``/usr/bin/python3`` when it has
-``cryptography`` (what a lab node runs), else this interpreter. Its config is the one the
-KBS role renders (``ccfactory.kbs.render``), with the key and storage directories moved
-into a temporary directory; its keys come from ``ccfactory.kbs.pki``.
+The stand-in is laid out from the same files as its tarball (``regorus`` included, under
+``lib/regorus``) and started as ``python3 bin/kbs --config-file FILE`` with Debian 12's
+``/usr/bin/python3`` when it has ``cryptography`` (what a lab node runs), else this
+interpreter. Its config is the one the KBS role renders (``ccfactory.kbs.render``), with the
+key and storage directories moved into a temporary directory; its keys come from
+``ccfactory.kbs.pki``. Used by the tests of ccfactory's KBS client, role and CDH stand-in;
+the upstream contract tests (``test_standin_trustee_contract.py``) have their own harness
+that uses no ccfactory KBS code.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def push_keys(pki: KbsPki, keys_dir: Path) -> None:
         (pki.server_cert, "https.crt", 0o644),
         (pki.token_key, "token.key", 0o600),
         (pki.token_chain, "token-chain.pem", 0o644),
-        (pki.token_ca_cert, "site-ca.crt", 0o644),
+        (pki.token_ca_cert, "token-ca.crt", 0o644),
         (pki.admin_pub, "admin.pub", 0o644),
     ):
         shutil.copyfile(src, keys_dir / name)
@@ -74,11 +77,9 @@ class RunningKbs:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            from support import exit_code
+
+            exit_code(self.process, 30)  # kills it and fails, naming its state, if it does not stop
 
     def logs(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -101,7 +102,7 @@ def start_kbs(tmp: Path, *, config_text: str | None = None, pki: KbsPki | None =
     process = subprocess.Popen([PYTHON, str(kbs), "--config-file", str(config)], stdout=handle, stderr=subprocess.STDOUT)
     running = RunningKbs(url, pki, process, config, storage, log)
     if wait:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # startup on a loaded 2-core machine
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise AssertionError(f"stand-in exited {process.returncode}: {running.logs()}")

@@ -44,7 +44,7 @@ class AdminAuthError(KbsHttpError):
 
 
 class PolicyDenied(KbsHttpError):
-    """The resource policy denied the request (403, ``PolicyDeny``)."""
+    """The resource policy denied the request (``PolicyDeny``; status 401 at Trustee v0.21.0)."""
 
 
 class HealthCheckFailed(KbsError):

@@ -2,8 +2,8 @@
 
 Two kinds:
 
-* on the KBS host: ``trustee_unpacked`` (the BOM tarball into its versioned directory)
-  and ``instance_id`` (a random id that names this KBS's storage, so the controller's
+* on the KBS host: ``image_pulled`` (the BOM's Trustee image, by digest, into podman's
+  store) and ``instance_id`` (a random id that names this KBS's storage, so the controller's
   upload ledger knows when the KBS lost its state);
 * on the controller, for the KBS host: ``admin_state`` (resource policy, attestation
   policy, reference values, resources, through the admin API) and ``healthy`` (HTTPS with
@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shlex
 import time
@@ -33,10 +32,11 @@ from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.facts.files import FileContents
 
-from ccfactory.kbs.client import KbsClient, Ledger
+from ccfactory.kbs.client import ATTESTATION_POLICY_IDS, KbsClient, Ledger
 from ccfactory.kbs.errors import HealthCheckFailed, KbsError, KbsUnreachable
+from ccfactory.kbs.rego import RegoError, refuse_unsafe_policy
 from ccfactory.kbs.pki import load_cert
-from ccfactory.operations.artifacts import unpacked_as, verified_unpack
+from ccfactory.facts.podman import PodmanImage
 
 logger = logging.getLogger("pyinfra")
 READY_TIMEOUT = 60.0
@@ -74,32 +74,32 @@ def _instance(spec: AdminSpec) -> str:
 
 
 def wait_ready(client: KbsClient, timeout: float = READY_TIMEOUT) -> None:
+    """Until the KBS answers ``GET /healthz`` with 200 (``trustee@v0.21.0:kbs/src/api_server.rs:187``)."""
     deadline = time.monotonic() + timeout
+    last = ""
     while True:
         try:
-            if client.scheme == "https":
-                client.served_certificate()
-            else:
-                client.request("GET", "/kbs/v0/resource-policy")
-            return
-        except KbsUnreachable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+            resp = client.request("GET", "/healthz")
+            if resp.status == 200:
+                return
+            last = f"GET /healthz answered {resp.status}"
+        except KbsUnreachable as exc:
+            last = str(exc)
+        if time.monotonic() > deadline:
+            raise KbsUnreachable(f"{client.url}: not ready after {timeout:.0f} s ({last})")
+        time.sleep(1)
 
 
 def plan_admin_state(spec: AdminSpec, client: KbsClient, ledger: Ledger) -> list[str]:
     """What ``apply_admin_state`` would change (names only, never content)."""
     todo = []
-    if client.get_resource_policy() != spec.resource_policy:
+    if not client.resource_policy_in_place(spec.resource_policy, ledger):
         todo.append("resource policy")
     if spec.attestation_policy is not None:
-        if ledger.digest("attestation-policy/default") != hashlib.sha256(spec.attestation_policy.encode()).hexdigest():
-            todo.append("attestation policy")
-    for name, values in sorted(spec.reference_values.items()):
-        digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
-        if ledger.digest(f"reference-value/{name}") != digest:
-            todo.append(f"reference value {name}")
+        policy_id = ATTESTATION_POLICY_IDS["cpu"]
+        if ledger.digest(f"attestation-policy/{policy_id}") != hashlib.sha256(spec.attestation_policy.encode()).hexdigest():
+            todo.append(f"attestation policy {policy_id}")
+    todo += [f"reference value {name}" for name in client.reference_values_to_register(spec.reference_values, ledger)]
     for path, source in sorted(spec.resources.items()):
         digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
         if ledger.digest(f"resource/{path}") != digest:
@@ -108,11 +108,14 @@ def plan_admin_state(spec: AdminSpec, client: KbsClient, ledger: Ledger) -> list
 
 
 def apply_admin_state(spec: AdminSpec, client: KbsClient, ledger: Ledger) -> list[str]:
+    # the gate again, right before the upload (the role ran it at prepare time too)
+    if spec.expect_denial:
+        refuse_unsafe_policy(spec.resource_policy, list(spec.resources))
     done = []
-    if client.set_resource_policy(spec.resource_policy):
+    if client.set_resource_policy(spec.resource_policy, ledger):
         done.append("resource policy")
     if spec.attestation_policy is not None and client.set_attestation_policy(spec.attestation_policy, ledger):
-        done.append("attestation policy")
+        done.append(f"attestation policy {ATTESTATION_POLICY_IDS['cpu']}")
     done += [f"reference value {n}" for n in client.ensure_reference_values(spec.reference_values, ledger)]
     for path, source in sorted(spec.resources.items()):
         if client.ensure_resource(path, source, ledger):
@@ -125,7 +128,7 @@ def _apply(state, host, spec: AdminSpec, instance: str) -> bool:  # noqa: ARG001
         client = spec.client()
         wait_ready(client)
         done = apply_admin_state(spec, client, Ledger(spec.ledger, instance))
-    except (KbsError, OSError) as exc:
+    except (KbsError, RegoError, OSError) as exc:
         return _fail(state, host, f"KBS admin: {exc}")
     host.log(f"KBS admin: set {', '.join(done) if done else 'nothing (already in place)'}", log_func=logger.info)
     return True
@@ -151,7 +154,7 @@ def admin_state(spec: AdminSpec):
             yield FunctionCommand(_fail, (f"KBS admin: {spec.url} does not answer after the service (re)start",), {})
             return
         todo = ["everything (the KBS does not answer yet)"]
-    except (KbsError, OSError) as exc:
+    except (KbsError, RegoError, OSError) as exc:
         yield FunctionCommand(_fail, (f"KBS admin: {exc}",), {})
         return
     if not todo:
@@ -212,20 +215,22 @@ def healthy(spec: AdminSpec):
 
 
 @operation()
-def trustee_unpacked(archive: str, dest: str, sha256: str, entry: str = "bin/kbs"):
-    """The Trustee tarball ``archive`` (already on the host) unpacked in ``dest``.
+def image_pulled(reference: str):
+    """The container image ``reference`` (``<registry>/<repository>@sha256:<digest>``) is in
+    podman's store. Pulled by digest, so the registry cannot substitute other content.
 
-    + archive: tarball path on the host
-    + dest: ``/opt/ccfactory/trustee/<version>``
-    + sha256: the BOM's checksum, checked again on the host before unpacking
-    + entry: file the tree must contain
+    + reference: image by digest (a tag is refused)
 
-    ``dest/.ccfactory-sha256`` records what was unpacked; the same checksum: nothing to do.
+    Example::
+
+        kbs_ops.image_pulled(name="Trustee image", reference=artifact.reference, _sudo=True)
     """
-    if unpacked_as(dest, sha256):
-        host.noop(f"Trustee already unpacked in {dest}")
+    if "@sha256:" not in reference:
+        raise ValueError(f"image {reference!r} has no digest: images are pulled by digest only")
+    if host.get_fact(PodmanImage, reference=reference, _sudo=True):
+        host.noop(f"image {reference} present")
         return
-    yield verified_unpack(archive, dest, sha256, entry=entry, executable=True)
+    yield f"podman pull --quiet {shlex.quote(reference)}"
 
 
 @operation()

@@ -4,16 +4,21 @@ One directory per site (default ``~/.ccfactory/sites/<site>/pki``, mode 0700; pr
 keys 0600; a private key readable by others is refused, not used)::
 
     ca.key / ca.crt              site CA (ECDSA P-256, 10 years): signs the KBS HTTPS
-                                 certificate (unless the operator brings one) and the
-                                 attestation-token signer; its certificate is what
-                                 clients trust (kbs_ca_cert) and the KBS trusts for tokens
+                                 certificate (unless the operator brings one); what HTTPS
+                                 clients trust (kbs_ca_cert)
+    token-ca.key / token-ca.crt  attestation-token CA (P-256, 10 years): signs only the
+                                 token signer; the only certificate the KBS trusts for
+                                 tokens. Trustee accepts any token whose header x5c chains
+                                 to a trusted certificate (trustee@v0.21.0:kbs/src/crypto/
+                                 jwt.rs:180-252), so an anchor that also signed the HTTPS
+                                 certificate would let its key holder mint tokens
     https.key / https.crt        KBS HTTPS server key and certificate (P-256, 1 year),
                                  SANs = the KBS host's names and every kbs_url host
     admin.key / admin.pub        Ed25519 admin key (Trustee v0.21.0 admin auth: bearer JWT,
                                  EdDSA, verified against the PEM public key); the private
                                  key never leaves the controller
     token.key / token.crt        attestation-token (EAR) signer (P-256, 1 year), chain in
-    token-chain.pem              token.crt + ca.crt (the KBS checks the token header's x5c)
+    token-chain.pem              token.crt + token-ca.crt (the KBS checks the token header's x5c)
 
 ``ensure_pki`` is idempotent: existing keys are reused; a certificate is re-issued (same
 key) only when it no longer fits (names, issuer, fewer than 30 days left). Keys change only
@@ -62,7 +67,8 @@ class PkiLayout:
         files = {
             "ca_key": "ca.key", "ca_cert": "ca.crt", "server_key": "https.key", "server_cert": "https.crt",
             "admin_key": "admin.key", "admin_pub": "admin.pub", "token_key": "token.key",
-            "token_cert": "token.crt", "token_chain": "token-chain.pem",
+            "token_cert": "token.crt", "token_chain": "token-chain.pem", "token_ca_key": "token-ca.key",
+            "token_ca_cert": "token-ca.crt",
         }  # fmt: skip
         if name in files:
             return self.root / files[name]
@@ -398,15 +404,25 @@ def ensure_pki(
         _write_public(layout.admin_pub, admin_pub)
         created.append("admin public key")
 
-    # attestation-token signer, chained to the site CA
+    # attestation-token CA: its own root, signing nothing but the token signer
+    token_ca_key = _ensure_key(layout.token_ca_key, lambda: ec.generate_private_key(ec.SECP256R1()), created,
+                               "attestation-token CA")  # fmt: skip
+    token_ca = load_cert(layout.token_ca_cert, "token CA certificate") if layout.token_ca_cert.exists() else None
+    if token_ca is None or not _same_key(token_ca_key, token_ca.public_key()) or not _fresh(token_ca):
+        token_ca = _issue(token_ca_key, _name(f"ccfactory KBS attestation-token CA ({site})", site), None, None,
+                          days=CA_DAYS, ca=True)  # fmt: skip
+        _write_public(layout.token_ca_cert, _pem(token_ca))
+        created.append("attestation-token CA certificate")
+    # attestation-token signer, chained to the token CA only
     token_key = _ensure_key(layout.token_key, lambda: ec.generate_private_key(ec.SECP256R1()), created, "token signer")
     token_cert = load_cert(layout.token_cert, "token signer certificate") if layout.token_cert.exists() else None
-    if not (token_cert and _same_key(token_key, token_cert.public_key()) and signed_by(token_cert, ca_cert) and _fresh(token_cert)):
-        token_cert = _issue(token_key, _name("ccfactory KBS attestation token signer", site), ca_cert, ca_key,
+    if not (token_cert and _same_key(token_key, token_cert.public_key()) and signed_by(token_cert, token_ca)
+            and _fresh(token_cert)):  # fmt: skip
+        token_cert = _issue(token_key, _name("ccfactory KBS attestation token signer", site), token_ca, token_ca_key,
                             days=LEAF_DAYS, ca=False)  # fmt: skip
         _write_public(layout.token_cert, _pem(token_cert))
         created.append("token signer certificate")
-    chain = _pem(token_cert) + _pem(ca_cert)
+    chain = _pem(token_cert) + _pem(token_ca)
     if not layout.token_chain.exists() or layout.token_chain.read_bytes() != chain:
         _write_public(layout.token_chain, chain)
 
@@ -417,7 +433,7 @@ def ensure_pki(
         server_key=server_key_path,
         admin_key=admin_key_path,
         admin_pub=layout.admin_pub,
-        token_ca_cert=layout.ca_cert,
+        token_ca_cert=layout.token_ca_cert,
         token_key=layout.token_key,
         token_chain=layout.token_chain,
         created=tuple(created),
@@ -435,10 +451,10 @@ def rotate(root: str | os.PathLike, what: str) -> list[Path]:
         raise PkiError(f"unknown key kind {what!r}; one of {', '.join(KINDS)}")
     layout = PkiLayout(Path(root).expanduser())
     groups = {
-        "ca": ["ca_key", "ca_cert", "server_cert", "token_cert", "token_chain"],
+        "ca": ["ca_key", "ca_cert", "server_cert"],
         "server": ["server_key", "server_cert"],
         "admin": ["admin_key", "admin_pub"],
-        "token": ["token_key", "token_cert", "token_chain"],
+        "token": ["token_ca_key", "token_ca_cert", "token_key", "token_cert", "token_chain"],
     }
     stamp = _now().strftime("%Y%m%dT%H%M%SZ")
     dest = layout.root / "retired" / f"{stamp}-{what}"

@@ -1,11 +1,13 @@
-"""KBS resource policies (Rego) that ccfactory renders, and a tiny evaluator for them.
+"""KBS resource policies (Rego) that ccfactory renders.
 
-Trustee v0.21.0's KBS evaluates the resource policy with OPA/regorus: query
+Trustee v0.21.0's KBS evaluates the resource policy with regorus: rule
 ``data.policy.allow``, ``input`` = the claims of the attestation token (an EAR: per-device
 ``submods`` such as ``cpu0``/``gpu0`` with ``ear.status`` and
 ``ear.veraison.annotated-evidence.<tee>``), ``data`` = ``{"plugin", "resource-path",
-"query"}`` with ``resource-path`` like ``/repo/type/tag`` (``kbs/src/policy_engine/opa/
-default_policy.rego``; see docs/trustee.md).
+"query"}`` where ``resource-path`` is the **array** of path segments
+(``trustee@v0.21.0:kbs/src/api_server.rs:222-248``; ``kbs/sample_policies/default.rego``
+documents ``["myrepo", "License", "key"]``). ``ccfactory.kbs.rego`` evaluates these policies
+with a real Rego engine (tests, and the check before every upload).
 
 Shapes (``PolicySpec.kind``):
 
@@ -15,25 +17,18 @@ Shapes (``PolicySpec.kind``):
     ``sample``), every submodule of the token is ``affirming``, and, for the resource
     paths that need a GPU (``gpu_paths``, or all of them), ``gpu0`` is ``affirming``.
 ``lab-permissive`` (lab only; ``kbs_lab_permissive``)
-    any ``resource`` request with any attestation token, ``sample`` included.
-
-The text carries a machine-readable first line (``# ccfactory-policy: {json}``) so the
-lab's Trustee stand-in can recognise the shape: ``evaluate`` re-renders the policy from
-that line and evaluates only if the text is exactly what ccfactory renders. **It is not
-OPA**: any other Rego is refused (``UnsupportedPolicy``), except upstream's trivial
-``allow_all``/``deny_all``. The real KBS evaluates the same text with regorus.
-
-This module is standard library only: the lab stand-in ships a copy of it.
+    any ``resource`` request with any attestation token, sample evidence included. The
+    upload gate (``rego.refuse_unsafe_policy``) refuses it outside the lab.
 
 Example::
 
-    >>> text = render_resource_policy(PolicySpec("strict", cpu_tees=("snp",)))
-    >>> claims = {"submods": {"cpu0": {"ear.status": "affirming",
-    ...           "ear.veraison.annotated-evidence": {"snp": {"measurement": "..."}}}}}
-    >>> evaluate(text, {"plugin": "resource", "resource-path": "/m/k/1", "query": {}}, claims)
+    >>> from ccfactory.kbs.rego import allows, ear_claims, request_data
+    >>> text = render_resource_policy(PolicySpec("strict", cpu_tees=("snp",), gpu_paths=("m/k/gpu",)))
+    >>> allows(text, ear_claims({"cpu0": ("affirming", "snp")}), request_data("resource/m/k/1"))
     True
-    >>> claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"] = {"sample": {"svn": "1"}}
-    >>> evaluate(text, {"plugin": "resource", "resource-path": "/m/k/1", "query": {}}, claims)
+    >>> allows(text, ear_claims({"cpu0": ("affirming", "snp")}), request_data("resource/m/k/gpu"))
+    False
+    >>> allows(text, ear_claims({"cpu0": ("affirming", "sample")}), request_data("resource/m/k/1"))
     False
 """
 
@@ -43,26 +38,30 @@ import json
 import re
 from dataclasses import dataclass, field
 
-DESCRIPTOR_PREFIX = "# ccfactory-policy: "
-SHAPE_VERSION = 1
+SHAPE_VERSION = 2  # 2: resource paths compared as segment arrays (Trustee's data shape)
 CPU_TEES = ("snp", "tdx")
 KINDS = ("strict", "lab-permissive")
-_PATH = re.compile(r"^/[A-Za-z0-9_\-][A-Za-z0-9_\-.]*/[A-Za-z0-9_\-][A-Za-z0-9_\-.]*/[A-Za-z0-9_\-][A-Za-z0-9_\-.]*$")
+# one segment of a KBS resource path (trustee@v0.21.0:kbs/src/plugins/implementations/resource/backend.rs)
+_SEGMENT = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.]*")
 
 
 class PolicyError(ValueError):
-    """A policy spec or policy text is not acceptable."""
+    """A policy spec is not acceptable."""
 
 
-class UnsupportedPolicy(PolicyError):
-    """The lab evaluator does not know this policy shape (it is not OPA)."""
+def path_segments(path: str) -> tuple[str, str, str]:
+    """``repo/type/tag`` (a leading ``/`` tolerated) as the segment tuple Trustee's data holds."""
+    parts = tuple(path.removeprefix("/").split("/"))
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(p) for p in parts):
+        raise PolicyError(f"resource path {path!r} is not <repo>/<type>/<tag>")
+    return parts  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class PolicySpec:
     """What a rendered resource policy requires.
 
-    ``gpu_paths``: resource paths (``/repo/type/tag``) that need an affirming GPU
+    ``gpu_paths``: resource paths (``repo/type/tag``) that need an affirming GPU
     submodule, or ``("*",)`` for every resource; empty: no resource needs a GPU.
     """
 
@@ -76,41 +75,65 @@ class PolicySpec:
         bad = [t for t in self.cpu_tees if t not in CPU_TEES]
         if bad or (self.kind == "strict" and not self.cpu_tees):
             raise PolicyError(f"cpu_tees must be a non-empty subset of {CPU_TEES}, got {list(self.cpu_tees)}")
-        for path in self.gpu_paths:
-            if path != "*" and not _PATH.match(path):
-                raise PolicyError(f"gpu path {path!r} is not /<repo>/<type>/<tag>")
         if "*" in self.gpu_paths and len(self.gpu_paths) > 1:
             raise PolicyError("gpu_paths is either ('*',) or a list of paths")
+        for path in self.gpu_paths:
+            if path != "*":
+                path_segments(path)
 
-    def descriptor(self) -> str:
-        body = {"kind": self.kind, "version": SHAPE_VERSION}
-        if self.kind == "strict":
-            body["cpu_tees"] = sorted(set(self.cpu_tees))
-            body["gpu_paths"] = sorted(set(self.gpu_paths))
-        return DESCRIPTOR_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_descriptor(cls, line: str) -> PolicySpec:
-        try:
-            body = json.loads(line[len(DESCRIPTOR_PREFIX):])
-        except ValueError as exc:
-            raise UnsupportedPolicy(f"unreadable ccfactory-policy descriptor: {exc}") from None
-        if not isinstance(body, dict) or body.get("version") != SHAPE_VERSION:
-            raise UnsupportedPolicy("ccfactory-policy descriptor of an unknown version")
-        return cls(
-            kind=body.get("kind", ""),
-            cpu_tees=tuple(body.get("cpu_tees", ())),
-            gpu_paths=tuple(body.get("gpu_paths", ())),
-        )
+    def describe(self) -> str:
+        """One comment line saying what the policy requires (for people reading the KBS)."""
+        if self.kind == "lab-permissive":
+            return "# ccfactory policy: lab-permissive"
+        gpu = "all" if self.gpu_paths == ("*",) else ", ".join(sorted(set(self.gpu_paths))) or "none"
+        return f"# ccfactory policy v{SHAPE_VERSION}: strict; cpu_tees={','.join(sorted(set(self.cpu_tees)))}; gpu resources: {gpu}"
 
 
 def _rego_set(items) -> str:
     return "{" + ", ".join(json.dumps(i) for i in sorted(set(items))) + "}"
 
 
+SMOKE_REPO = "ccfactory-verify"  # the attestation check's per-run resources (ccfactory.verify.attestation)
+
+
+def smoke_type(tee: str, gpu: bool) -> str:
+    """Resource type of the attestation check's per-run resource for a ``tee`` (GPU) node."""
+    return f"attestation-smoke-{tee}" + ("-gpu" if gpu else "")
+
+
+def smoke_binding_rules(cpu_tees) -> list[str]:
+    """``smoke_bound``: a resource under ``ccfactory-verify/attestation-smoke-<tee>[-gpu]/`` is
+    released only to a token whose ``cpu0`` evidence is of that TEE and, with ``-gpu``, whose
+    ``gpu0`` is affirming; every other resource is unaffected."""
+    types = {smoke_type(t, g): [t, g] for t in sorted(set(cpu_tees)) for g in (False, True)}
+    return [
+        "# the attestation check's per-run resources: bound to one TEE (and an affirming GPU for -gpu)",
+        f"smoke_types := {json.dumps(types, sort_keys=True)}",
+        "",
+        "smoke_bound if {",
+        f'\tdata["resource-path"][0] != {json.dumps(SMOKE_REPO)}',
+        "}",
+        "",
+        "smoke_bound if {",
+        f'\tdata["resource-path"][0] == {json.dumps(SMOKE_REPO)}',
+        '\twant := smoke_types[data["resource-path"][1]]',
+        '\tinput.submods.cpu0["ear.veraison.annotated-evidence"][want[0]]',
+        "\tsmoke_gpu_ok(want[1])",
+        "}",
+        "",
+        "smoke_gpu_ok(need) if not need",
+        "",
+        "smoke_gpu_ok(need) if {",
+        "\tneed",
+        "\tgpu_attested",
+        "}",
+        "",
+    ]
+
+
 def render_resource_policy(spec: PolicySpec, header: str = "") -> str:
-    """The Rego text of ``spec``; ``header``: comment lines put after the descriptor."""
-    out = [spec.descriptor()]
+    """The Rego text of ``spec``; ``header``: comment lines put after the description."""
+    out = [spec.describe()]
     out += [line if line.startswith("#") else f"# {line}" for line in header.splitlines() if line.strip()]
     out += ["package policy", "", "import rego.v1", "", "default allow = false", ""]
     if spec.kind == "lab-permissive":
@@ -130,7 +153,8 @@ def render_resource_policy(spec: PolicySpec, header: str = "") -> str:
     if not gpu_all:
         out += [
             "# Resources that also need an affirming GPU attestation (gpu0).",
-            f"gpu_paths := {_rego_set(spec.gpu_paths)}" if spec.gpu_paths else "gpu_paths := set()",
+            "# data[\"resource-path\"] is the array of the path's segments (Trustee api_server.rs:236-248).",
+            f"gpu_paths := {_rego_set(path_segments(p) for p in spec.gpu_paths)}" if spec.gpu_paths else "gpu_paths := set()",
             "",
         ]
     out += [
@@ -147,8 +171,10 @@ def render_resource_policy(spec: PolicySpec, header: str = "") -> str:
         '\tsubmod["ear.status"] != "affirming"',
         "}",
         "",
+        "# an affirming appraisal of NVIDIA evidence, not of the sampledevice test verifier",
         "gpu_attested if {",
         '\tinput.submods.gpu0["ear.status"] == "affirming"',
+        '\tinput.submods.gpu0["ear.veraison.annotated-evidence"].nvidia',
         "}",
         "",
     ]
@@ -156,12 +182,14 @@ def render_resource_policy(spec: PolicySpec, header: str = "") -> str:
         out += ["gpu_required := true", ""]
     else:
         out += ["gpu_required if {", '\tdata["resource-path"] in gpu_paths', "}", ""]
+    out += smoke_binding_rules(spec.cpu_tees)
     out += [
         "allow if {",
         '\tdata.plugin == "resource"',
         "\tcpu_attested",
         "\tnot any_not_affirming",
         "\tnot gpu_required",
+        "\tsmoke_bound",
         "}",
         "",
         "allow if {",
@@ -170,77 +198,7 @@ def render_resource_policy(spec: PolicySpec, header: str = "") -> str:
         "\tnot any_not_affirming",
         "\tgpu_required",
         "\tgpu_attested",
+        "\tsmoke_bound",
         "}",
     ]
     return "\n".join(out) + "\n"
-
-
-# ------------------------------------------------------------------ lab evaluator
-
-_ALLOW_ALL = re.compile(r"^\s*package\s+policy\s+(import\s+rego\.v1\s+)?default\s+allow\s*:?=\s*true\s*$")
-_DENY_ALL = re.compile(r"^\s*package\s+policy\s+(import\s+rego\.v1\s+)?default\s+allow\s*:?=\s*false\s*$")
-
-
-def _strip_comments(text: str) -> str:
-    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-
-
-def spec_of(text: str) -> PolicySpec | None:
-    """The spec of a ccfactory-rendered policy; None for upstream allow_all/deny_all.
-
-    Raises ``UnsupportedPolicy`` for anything else (including an edited ccfactory policy).
-    """
-    first = text.split("\n", 1)[0]
-    if first.startswith(DESCRIPTOR_PREFIX):
-        spec = PolicySpec.from_descriptor(first)
-        # the leading comments are free text; everything else must be exactly what we render
-        if render_resource_policy(spec, header=_leading_comments(text)) != text:
-            raise UnsupportedPolicy("the policy claims to be ccfactory's but differs from what ccfactory renders")
-        return spec
-    flat = " ".join(_strip_comments(text).split())
-    if _ALLOW_ALL.match(flat) or _DENY_ALL.match(flat):
-        return None
-    raise UnsupportedPolicy(
-        "the lab's Trustee stand-in evaluates only the policies ccfactory renders and upstream "
-        "allow_all/deny_all; it is not OPA"
-    )
-
-
-def _leading_comments(text: str) -> str:
-    lines = text.splitlines()[1:]
-    out = []
-    for line in lines:
-        if not line.startswith("#"):
-            break
-        out.append(line)
-    return "\n".join(out)
-
-
-def evaluate(text: str, data: dict, claims: dict) -> bool:
-    """``data.policy.allow`` for a policy ``spec_of`` accepts (lab stand-in only)."""
-    spec = spec_of(text)
-    if spec is None:
-        flat = " ".join(_strip_comments(text).split())
-        return bool(_ALLOW_ALL.match(flat))
-    if data.get("plugin") != "resource":
-        return False
-    if spec.kind == "lab-permissive":
-        return True
-    submods = claims.get("submods") if isinstance(claims, dict) else None
-    if not isinstance(submods, dict):
-        return False
-    cpu = submods.get("cpu0")
-    if not isinstance(cpu, dict) or cpu.get("ear.status") != "affirming":
-        return False
-    evidence = cpu.get("ear.veraison.annotated-evidence")
-    if not isinstance(evidence, dict) or evidence.get("sample"):
-        return False
-    if not any(evidence.get(tee) for tee in spec.cpu_tees):
-        return False
-    if any(not isinstance(s, dict) or s.get("ear.status") != "affirming" for s in submods.values()):
-        return False
-    gpu_required = spec.gpu_paths == ("*",) or data.get("resource-path") in spec.gpu_paths
-    if gpu_required:
-        gpu = submods.get("gpu0")
-        return isinstance(gpu, dict) and gpu.get("ear.status") == "affirming"
-    return True

@@ -1,14 +1,12 @@
 """The schema of Trustee v0.21.0's ``kbs-config.toml``, as far as ccfactory confirmed it.
 
-Trustee deserialises its config with serde; ``KbsConfig``, ``HttpServerConfig``, the
-admin ``BearerJwtConfig``/``IssuerConfig``, ``AdminAclRule`` and the EAR token broker
-config are ``#[serde(deny_unknown_fields)]``: an unknown key stops the KBS at start.
-``validate_kbs_config`` applies the same rule to a parsed TOML document, so ccfactory's
-templates are checked against the release's keys in unit tests, and the lab's Trustee
-stand-in refuses exactly what the real binary would refuse (plus what it cannot
-simulate, said as such). Where each key was read: docs/trustee.md.
-
-Standard library only: the lab stand-in ships a copy of this module.
+Trustee deserialises its config with serde. At v0.21.0 only the ``[admin]`` tree is
+``#[serde(deny_unknown_fields)]`` (``trustee@v0.21.0:kbs/src/admin/mod.rs:53`` and the
+admin authentication/authorization modules); a misspelt key anywhere else is silently
+ignored by the KBS. ``validate_kbs_config`` is therefore *stricter than the KBS*: it
+refuses every key outside the release's schema, so a typo in ccfactory's templates is
+caught by the unit tests instead of being ignored on a real KBS. Where each key was
+read: docs/trustee.md.
 
 Example::
 

@@ -23,23 +23,31 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ccfactory.config import (
+    RESOURCE_PATH_RE,
+    regular_file_problem,
+    safe_path_component,
+    secret_file_problem,
+    url_problem,
+)
 from ccfactory.kbs.errors import KbsSettingsError
 from ccfactory.kbs.pki import PkiSources
 
-# KBS resource path rule: kbs/src/plugins/implementations/resource/backend.rs (ResourceDesc)
-_SEGMENT = r"[a-zA-Z0-9_\-]+[a-zA-Z0-9_\-.]*"
-RESOURCE_PATH = re.compile(rf"^(?P<repo>{_SEGMENT})/(?P<type>{_SEGMENT})/(?P<tag>{_SEGMENT})$")
-REFERENCE_VALUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# KBS resource path rule: kbs/src/plugins/implementations/resource/backend.rs (ResourceDesc).
+# Always matched with fullmatch: '$' would let a trailing newline through.
+RESOURCE_PATH = RESOURCE_PATH_RE
+REFERENCE_VALUE_NAME = re.compile(r"\A[A-Za-z0-9_.\-]+\Z")
 DEFAULT_PKI_ROOT = "~/.ccfactory/sites"  # $CCFACTORY_HOME/sites when that is set
 
 # Host-data keys of this stage (name -> (type, default, meaning)); for the lead's HostData.
 KEYS: dict[str, tuple[str, Any, str]] = {
     "kbs_resources": ("dict[str, str]", {}, "Resources to upload: KBS path `<repo>/<type>/<tag>` -> controller-side file."),
     "kbs_gpu_resources": ("list[str] | None", None, "Resource paths that also need an affirming GPU attestation; unset: all, when the inventory has GPU workers."),
-    "kbs_policy_file": ("str | None", None, "Controller-side Rego file replacing ccfactory's strict resource policy (the every-run sample-denial check still applies)."),
-    "kbs_attestation_policy_file": ("str | None", None, "Controller-side Rego file replacing Trustee's default attestation policy (id `default`)."),
-    "kbs_reference_values": ("dict[str, list]", {}, "Reference values for RVPS by name, e.g. `{\"snp_launch_measurement\": [\"...\"]}`."),
+    "kbs_policy_file": ("str | None", None, "Controller-side Rego file replacing ccfactory's strict resource policy; refused before upload if it does not compile or releases anything to sample (non-TEE) evidence (the every-run sample-denial check still applies)."),
+    "kbs_attestation_policy_file": ("str | None", None, "Controller-side Rego file replacing the built-in AS's CPU attestation policy (id `default_cpu`); must compile."),
+    "kbs_reference_values": ("dict[str, list | str | int | bool]", {}, "Reference values for RVPS by name, replacing ccfactory's computed ones per name: a list for names the attestation policy tests with `in` (e.g. `snp_launch_measurement`), one value for names it tests with `==` (e.g. `snp_smt_enabled = true`)."),
     "kbs_reference_values_file": ("str | None", None, "Controller-side TOML/JSON file of reference values (name = [values]); the inventory key wins per name."),
+    "kbs_tdx_first_use": ("dict[str, str]", {}, "TDX reference values pinned on first use: TDX worker name -> controller-side file with one EAR token this KBS issued to a guest on it (listing it approves it)."),
     "kbs_lab_permissive": ("bool", False, "LAB ONLY: release resources to any attested client, sample evidence included. Refused outside the lab."),
     "kbs_pki_dir": ("str | None", None, "Controller-side directory of the KBS keys and certificates (default `~/.ccfactory/sites/<kbs host>/pki`, `$CCFACTORY_HOME/sites/...` if set)."),
     "kbs_ca_key_file": ("str | None", None, "Private key of `kbs_ca_cert`, to issue the KBS HTTPS certificate with the operator's CA."),
@@ -54,7 +62,7 @@ def check_resource_path(path: str) -> str:
     """The path if it follows ``<repo>/<type>/<tag>`` (the KBS's own rule), else ``ResourcePathError``."""
     from ccfactory.kbs.errors import ResourcePathError
 
-    if not isinstance(path, str) or not RESOURCE_PATH.match(path):
+    if not isinstance(path, str) or not RESOURCE_PATH.fullmatch(path):
         raise ResourcePathError(
             f"resource path {path!r} breaks the KBS rule <repo>/<type>/<tag> (three segments of letters, digits, "
             "'_', '-', '.', not starting with '.'); fix: e.g. models/llama-3/key"
@@ -75,7 +83,8 @@ class KbsSettings:
     gpu_resources: tuple[str, ...] | None = None
     policy_file: Path | None = None
     attestation_policy_file: Path | None = None
-    reference_values: dict[str, list] = field(default_factory=dict)
+    reference_values: dict[str, Any] = field(default_factory=dict)
+    tdx_first_use: dict[str, str] = field(default_factory=dict)  # worker -> approved EAR token file
     lab_permissive: bool = False
     nvidia_verifier: str = "Remote"
 
@@ -88,25 +97,31 @@ class KbsSettings:
         return f"0.0.0.0:{self.port}"
 
 
-def _readable_file(value: Any, key: str, host: str, problems: list[str]) -> Path | None:
+def _readable_file(value: Any, key: str, host: str, problems: list[str], *, secret: bool = False) -> Path | None:
+    """The path of an ordinary readable file (``regular_file_problem``: no directory, device,
+    FIFO or /proc file); with ``secret``, a private one (``secret_file_problem``: regular, no
+    symlink, owned by the controller user, 0600 or stricter)."""
     if value in (None, ""):
         return None
     try:
         path = Path(str(value)).expanduser()
     except RuntimeError:  # ~user that does not exist here
-        problems.append(f"{host}: {key}: {value}: '~' names no user on the controller; fix the path")
+        problems.append(f"{host}: {key}: {value}: '~' names no user on the controller; fix: fix the path")
         return None
-    if not path.is_file():
-        problems.append(f"{host}: {key}: file {path} does not exist on the controller; fix the path")
+    if not os.path.lexists(path):
+        problems.append(f"{host}: {key}: file {path} does not exist on the controller; fix: fix the path")
         return None
-    if not os.access(path, os.R_OK):
-        problems.append(f"{host}: {key}: file {path} is not readable; fix its permissions")
+    bad = secret_file_problem(path) if secret else regular_file_problem(path)
+    if bad:
+        fix = "a regular file owned by you, chmod 600, not a symlink" if secret else "name an ordinary file"
+        problems.append(f"{host}: {key}: {bad}; fix: {fix}")
         return None
     return path
 
 
-def load_reference_values_file(path: Path) -> dict[str, list]:
-    """``name = [values]`` from a TOML or JSON file (a scalar becomes a one-item list)."""
+def load_reference_values_file(path: Path) -> dict[str, Any]:
+    """``name = value or [values]`` from a TOML or JSON file, as given (shaped later, per the
+    attestation policy: ``ccfactory.kbs.refvalues.shaped``)."""
     import json
 
     kind = "JSON" if path.suffix == ".json" else "TOML"
@@ -119,7 +134,7 @@ def load_reference_values_file(path: Path) -> dict[str, list]:
         raise KbsSettingsError(f"{path}: not valid {kind}: {exc}") from None
     if not isinstance(data, dict):
         raise KbsSettingsError(f"{path}: must be a {kind} table of name = [values], not a {type(data).__name__}")
-    return {str(k): (v if isinstance(v, list) else [v]) for k, v in data.items()}
+    return {str(k): v for k, v in data.items()}
 
 
 def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = ()) -> KbsSettings:
@@ -128,17 +143,19 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
     problems: list[str] = []
     get = data.get
     url = cfg.kbs.url or ""
-    parts = urlsplit(url) if url else None
+    bad_url = url_problem(url, https_only=not cfg.lab, path=False) if url else None
     if not url:
         problems.append(f"{host}: kbs_url: the KBS host needs its own kbs_url (the URL it serves); fix: set it, e.g. https://{host}:8443")
-    elif parts.scheme != "https" and not cfg.lab:
-        problems.append(f"{host}: kbs_url: {url} is not https; plain HTTP is only for the lab; fix: use https://")
-    elif parts.scheme not in ("http", "https") or not parts.hostname:
-        problems.append(f"{host}: kbs_url: {url} is not an http(s) URL with a host")
-    if parts is not None and parts.path not in ("", "/"):
-        problems.append(f"{host}: kbs_url: {url} has a path; the KBS serves /kbs/v0 at the root; fix: drop the path")
+    elif bad_url is not None:
+        message, secret = bad_url
+        shown = "it" if secret else url  # a URL with user information is never printed
+        if message == "must use https":
+            problems.append(f"{host}: kbs_url: {url} is not https; plain HTTP is only for the lab; fix: use https://")
+        else:
+            problems.append(f"{host}: kbs_url: {shown} {message}; fix: use https://host[:port]")
+    parts = urlsplit(url) if url and bad_url is None else None
     scheme = parts.scheme if parts else "https"
-    port = (parts.port if parts and parts.port else (443 if scheme == "https" else 80)) if parts else 443
+    port = (parts.port or (443 if scheme == "https" else 80)) if parts else 443
 
     permissive = bool(get("kbs_lab_permissive", False))
     if permissive and not cfg.lab:
@@ -153,36 +170,30 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
         problems.append(f"{host}: kbs_resources: must map <repo>/<type>/<tag> to a controller-side file")
         raw_resources = {}
     for path, file in raw_resources.items():
-        if not isinstance(path, str) or not RESOURCE_PATH.match(path):
+        if not isinstance(path, str) or not RESOURCE_PATH.fullmatch(path):
             problems.append(
                 f"{host}: kbs_resources: {path!r} breaks the KBS path rule <repo>/<type>/<tag>; fix: e.g. models/llama-3/key"
             )
             continue
-        resolved = _readable_file(file, f"kbs_resources[{path}]", host, problems)
+        resolved = _readable_file(file, f"kbs_resources[{path}]", host, problems)  # no /proc, devices, FIFOs
         if resolved is not None:
             resources[path] = resolved
 
     gpu_resources = get("kbs_gpu_resources")
     if gpu_resources is not None:
-        bad = [p for p in gpu_resources if not isinstance(p, str) or not RESOURCE_PATH.match(p)]
+        bad = [p for p in gpu_resources if not isinstance(p, str) or not RESOURCE_PATH.fullmatch(p)]
         if bad:
-            problems.append(f"{host}: kbs_gpu_resources: {bad} break the KBS path rule <repo>/<type>/<tag>")
+            problems.append(f"{host}: kbs_gpu_resources: {bad} break the KBS path rule <repo>/<type>/<tag>; fix: e.g. models/llama-3/key")
         gpu_resources = tuple(p for p in gpu_resources if p not in bad)
 
-    reference_values: dict[str, list] = {}
+    given: dict[str, Any] = {}
     rv_file = _readable_file(get("kbs_reference_values_file"), "kbs_reference_values_file", host, problems)
     if rv_file is not None:
         try:
-            reference_values.update(load_reference_values_file(rv_file))
+            given.update(load_reference_values_file(rv_file))
         except KbsSettingsError as exc:
             problems.append(f"{host}: kbs_reference_values_file: {exc}")
-    for name, values in (get("kbs_reference_values") or {}).items():
-        reference_values[str(name)] = values if isinstance(values, list) else [values]
-    for name, values in reference_values.items():
-        if not REFERENCE_VALUE_NAME.match(name):
-            problems.append(f"{host}: kbs_reference_values: {name!r} is not a reference value name")
-        elif not values or not all(isinstance(v, (str, int, bool)) for v in values):
-            problems.append(f"{host}: kbs_reference_values: {name}: give a non-empty list of strings, integers or booleans")
+    given.update({str(k): v for k, v in (get("kbs_reference_values") or {}).items()})
 
     verifier = get("kbs_nvidia_verifier", "Remote") or "Remote"
     if verifier not in ("Remote", "Local"):
@@ -195,8 +206,9 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
         server_key=get("kbs_tls_key_file"),
         admin_key=get("kbs_admin_key_file"),
     )
-    for key in ("kbs_ca_key_file", "kbs_tls_cert_file", "kbs_tls_key_file", "kbs_admin_key_file"):
-        _readable_file(get(key), key, host, problems)
+    for key in ("kbs_ca_key_file", "kbs_tls_key_file", "kbs_admin_key_file"):  # private keys
+        _readable_file(get(key), key, host, problems, secret=True)
+    _readable_file(get("kbs_tls_cert_file"), "kbs_tls_cert_file", host, problems)
     if sources.ca_key and not sources.ca_cert:
         problems.append(f"{host}: kbs_ca_key_file: set without kbs_ca_cert; fix: set kbs_ca_cert to its certificate")
 
@@ -204,15 +216,25 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
     if policy_file is not None and permissive:
         problems.append(f"{host}: kbs_policy_file: set together with kbs_lab_permissive; fix: keep one")
     attestation_policy = _readable_file(get("kbs_attestation_policy_file"), "kbs_attestation_policy_file", host, problems)
+    reference_values = _shaped_reference_values(given, attestation_policy, host, problems)
+    tdx_first_use = {}
+    for worker, path in (get("kbs_tdx_first_use") or {}).items():
+        if _readable_file(path, f"kbs_tdx_first_use[{worker}]", host, problems) is not None:
+            tdx_first_use[str(worker)] = str(path)
 
     for other in fleet_urls:
         if other and urlsplit(other).scheme != "https" and not cfg.lab:
             problems.append(f"{host}: kbs_url: a worker uses {other}; plain HTTP is only for the lab")
 
+    root = f"{os.environ['CCFACTORY_HOME']}/sites" if os.environ.get("CCFACTORY_HOME") else DEFAULT_PKI_ROOT
+    pki_dir = None
+    try:
+        pki_dir = Path(get("kbs_pki_dir") or f"{root}/{_site_name(host)}/pki").expanduser()
+    except RuntimeError:  # ~user that does not exist here
+        key = "kbs_pki_dir" if get("kbs_pki_dir") else "CCFACTORY_HOME"
+        problems.append(f"{host}: {key}: '~' names no user on the controller; fix: fix the path")
     if problems:
         raise KbsSettingsError("KBS settings are not usable, nothing was touched:\n  - " + "\n  - ".join(problems))
-    root = f"{os.environ['CCFACTORY_HOME']}/sites" if os.environ.get("CCFACTORY_HOME") else DEFAULT_PKI_ROOT
-    pki_dir = Path(get("kbs_pki_dir") or f"{root}/{_site_name(host)}/pki").expanduser()
     return KbsSettings(
         host=host,
         url=url.rstrip("/"),
@@ -226,13 +248,42 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
         policy_file=policy_file,
         attestation_policy_file=attestation_policy,
         reference_values=reference_values,
+        tdx_first_use=tdx_first_use,
         lab_permissive=permissive,
         nvidia_verifier=verifier,
     )
 
 
+def _shaped_reference_values(given: Mapping[str, Any], policy_file: Path | None, host: str, problems: list[str]) -> dict[str, Any]:
+    """The operator's values in the shape the attestation policy compares them with: a list for
+    names tested with ``in``, one value for names tested with ``==`` (``ccfactory.kbs.refvalues``;
+    wrapping every scalar in a list would disable the default policy's strict checks)."""
+    from ccfactory.kbs import refvalues
+
+    shapes = {**refvalues.DEFAULT_CPU_SHAPES, **refvalues.DEFAULT_GPU_SHAPES}
+    if policy_file is not None:
+        try:
+            shapes = {**refvalues.DEFAULT_GPU_SHAPES, **refvalues.reference_value_shapes(policy_file.read_text())}
+        except (OSError, UnicodeDecodeError, refvalues.ReferenceValueError) as exc:
+            problems.append(f"{host}: kbs_attestation_policy_file: {exc}; fix: compare each reference value one way")
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        items = value if isinstance(value, list) else [value]
+        if not REFERENCE_VALUE_NAME.fullmatch(name):
+            problems.append(f"{host}: kbs_reference_values: {name!r} is not a reference value name")
+        elif not items or not all(isinstance(v, (str, int, bool)) for v in items):
+            problems.append(f"{host}: kbs_reference_values: {name}: give a string, integer or boolean, or a non-empty list of them")
+        else:
+            try:
+                out[name] = refvalues.shaped(name, value, shapes)
+            except refvalues.ReferenceValueError as exc:
+                problems.append(f"{host}: kbs_reference_values: {exc}")
+    return out
+
+
 def _site_name(host: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", host)
+    """The host name as one path component under sites/ (never '.', '..' or with a '/')."""
+    return safe_path_component(host)
 
 
 def server_names(host: str, data: Mapping[str, Any]) -> list[str]:
