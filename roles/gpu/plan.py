@@ -24,12 +24,10 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
-
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ccfactory.config import GpuConfig
-from ccfactory.parsers.gpuhost import GpuDriverState, NvidiaDevices
+from ccfactory.parsers.gpuhost import GpuDriverState, NvidiaDevices, inventory_problems
+from ccfactory.templating import render
 
 VFIO_CONF = "/etc/modprobe.d/ccfactory-vfio.conf"
 VFIO_MODULES_CONF = "/etc/modules-load.d/ccfactory-vfio.conf"
@@ -57,51 +55,20 @@ class GpuStagePlan:
     reboot_reason: str = ""
 
 
-def _templates() -> Environment:
-    root = str(resources.files("ccfactory.templates"))
-    return Environment(loader=FileSystemLoader(root), undefined=StrictUndefined, keep_trailing_newline=True)
-
-
-def render_vfio_conf(ids: tuple[str, ...], *, nvswitches: bool, mode: str) -> str:
+def render_vfio_conf(ids: tuple[str, ...], *, nvswitches: bool, mode: str, overlays: tuple[str, ...] = ()) -> str:
     """``/etc/modprobe.d/ccfactory-vfio.conf`` (from ``templates/gpu/ccfactory-vfio.conf.j2``)."""
-    tpl = _templates().get_template("gpu/ccfactory-vfio.conf.j2")
-    return tpl.render(ids=list(ids), nvswitches=nvswitches, mode=mode, ccfactory_source="gpu stage")
+    return render("gpu/ccfactory-vfio.conf.j2", overlays, ids=list(ids), nvswitches=nvswitches, mode=mode,
+                  ccfactory_source="gpu stage")  # fmt: skip
 
 
-def render_vfio_modules_conf() -> str:
-    return _templates().get_template("gpu/ccfactory-vfio-modules.conf.j2").render(ccfactory_source="gpu stage")
+def render_vfio_modules_conf(overlays: tuple[str, ...] = ()) -> str:
+    return render("gpu/ccfactory-vfio-modules.conf.j2", overlays, ccfactory_source="gpu stage")
 
 
 def _same_text(current: list[str] | None, wanted: str) -> bool:
     if current is None:
         return False
     return [line.rstrip() for line in current] == [line.rstrip() for line in wanted.rstrip("\n").split("\n")]
-
-
-def inventory_problems(cfg: GpuConfig, devices: NvidiaDevices) -> list[str]:
-    """Discovery against the inventory: count, model, NVSwitches for ppcie."""
-    problems = []
-    found = ", ".join(f"{g.bdf} {g.model_name or f'unknown 10de:{g.device_id}'}" for g in devices.gpus) or "none"
-    if len(devices.gpus) != cfg.count:
-        problems.append(
-            f"inventory says {cfg.count} {cfg.model} GPU(s) (gpu_count, gpu_model), the node has "
-            f"{len(devices.gpus)}: {found}; fix the inventory or the hardware (a GPU missing from PCI)"
-        )
-    wrong = [g for g in devices.gpus if (g.model_name or "").lower() != (cfg.model or "").lower()]
-    if wrong:
-        shown = ", ".join(f"{g.bdf} {g.model_name or f'unknown 10de:{g.device_id}'}" for g in wrong)
-        problems.append(f"inventory says every GPU is a {cfg.model} (gpu_model), but found {shown}")
-    if cfg.cc_mode in ("on", "devtools", "ppcie"):
-        no_cc = [g.bdf for g in devices.gpus if not g.cc_capable and g not in wrong]
-        if no_cc:
-            problems.append(f"GPU(s) without CC support: {', '.join(no_cc)}; use gpu_cc_mode off")
-    if cfg.cc_mode == "ppcie":
-        if not devices.nvswitches:
-            problems.append("gpu_cc_mode ppcie needs the HGX NVSwitches, but the node has none; use on")
-        bad = [f"{d.bdf} (10de:{d.device_id})" for d in devices.nvswitches if not d.ppcie_capable]
-        if bad:
-            problems.append(f"NVSwitch(es) without PPCIe support in the GPU table: {', '.join(bad)}")
-    return problems
 
 
 def holder_problems(devices: NvidiaDevices, bdfs: tuple[str, ...]) -> list[str]:
@@ -141,6 +108,7 @@ def plan_stage(
     vfio_conf_now: list[str] | None,
     reboot_marker: list[str] | None,
     boot_id: str,
+    overlays: tuple[str, ...] = (),
 ) -> GpuStagePlan:
     """Everything the stage decides from config and facts (see the module docstring).
 
@@ -155,7 +123,7 @@ def plan_stage(
     problems = inventory_problems(cfg, devices)
     problems += holder_problems(devices, vfio_devices + tuple(b for b in ppcie_devices if b not in vfio_devices))
     problems += vfio_conflicts(drivers, ids)
-    conf = render_vfio_conf(ids, nvswitches=cfg.cc_mode == "ppcie", mode=cfg.cc_mode)
+    conf = render_vfio_conf(ids, nvswitches=cfg.cc_mode == "ppcie", mode=cfg.cc_mode, overlays=overlays)
     changes = not _same_text(vfio_conf_now, conf)
     unbound = tuple(d.bdf for d in vfio if d.driver != "vfio-pci")
     pending = bool(reboot_marker) and reboot_marker[0].strip() == boot_id and bool(boot_id)
@@ -173,7 +141,7 @@ def plan_stage(
         vfio_devices=vfio_devices,
         vfio_ids=ids,
         vfio_conf=conf,
-        vfio_modules_conf=render_vfio_modules_conf(),
+        vfio_modules_conf=render_vfio_modules_conf(overlays),
         vfio_conf_changes=changes,
         unbound=unbound,
         needs_reboot=needs_reboot,

@@ -109,18 +109,40 @@ def test_ppcie_failure_and_firmware_too_old():
 
 
 def test_driver_in_use_and_unsupported():
+    # cli/per_gpu.py:158,194,219 and cli/per_gpu_nvswitch.py:104,132 at gpu-admin-tools v2025.10.20
     text = _logged(
         f"The nvidia driver appears to be using {GPU}, aborting. Specify --ignore-nvidia-driver to ignore this check.",
         f"Querying CC mode is not supported on {GPU}",
-        f"Enabling CC not supported on {GPU}. Only disabling CC is allowed.",
+        f"Configuring CC not supported on {GPU}",
+        f"Configuring PPCIe not supported on {SWITCH}",
+        f"Querying PPCIe mode is not supported on {SWITCH}",
     )
     report = parse_admin_tool_output(text)
     assert [(e.event, e.feature) for e in report.events] == [
         ("driver_in_use", ""),
         ("unsupported", "cc"),
         ("unsupported", "cc"),
+        ("unsupported", "ppcie"),
+        ("unsupported", "ppcie"),
     ]
-    assert len(report.failures) == 3
+    assert len(report.failures) == 5
+
+
+def test_a_message_the_tool_does_not_have_is_not_an_event():
+    # no "Enabling CC not supported ... Only disabling CC is allowed." in gpu-admin-tools v2025.10.20
+    assert parse_admin_tool_output(f"Enabling CC not supported on {GPU}. Only disabling CC is allowed.").events == ()
+
+
+def test_reset_line_reports_the_mode_that_was_set():
+    # "was reset to apply the new CC mode." only follows a read-back equal to the mode set (per_gpu.py:211-215)
+    report = parse_admin_tool_output(
+        _logged(
+            f"{GPU} has CC mode on, some functionality may not work",
+            f"{GPU} CC mode set to off. It will be active after GPU reset.",
+            f"{GPU} was reset to apply the new CC mode.",
+        )
+    )
+    assert report.cc_modes() == {"0000:45:00.0": "off"} and report.pending_reset("cc") == ()
 
 
 @pytest.mark.parametrize("name", ["H100", "Generic-GH100", "H100-PCIE", "RTX PRO 6000 BSE"])

@@ -22,7 +22,7 @@ H200 = FIXTURES / "nvidia-h200-real"
 
 def recording(path):
     if not path.is_file():
-        pytest.fail(f"recording {path} is missing: shared/fixtures must be beside the checkout")
+        pytest.fail(f"recording {path} is missing: tests/fixtures is part of the repository")
     return path.read_text()
 
 

@@ -184,7 +184,7 @@ def test_snp_offlined_cpus_warn():
 def test_snp_status_from_the_recorded_vm_without_tee():
     path = FIXTURES / "nvidia-h100-real" / "host.txt"
     if not path.is_file():
-        pytest.fail("recording missing: shared/fixtures must be beside the checkout")
+        pytest.fail("recording missing: tests/fixtures is part of the repository")
     text = path.read_text()
     dmesg = text.split("== dmesg cc\n")[1].split("== driver version")[0].splitlines()
     # the recording kept the model name and the TEE-relevant flags ("hypervisor"); rebuild a flags line

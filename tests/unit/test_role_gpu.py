@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from pyinfra.facts.files import FileContents, Sha1File
@@ -10,13 +9,14 @@ from pyinfra.facts.files import FileContents, Sha1File
 from ccfactory.config import GpuConfig
 from ccfactory.facts.gpu import GpuDrivers, NvidiaGpus
 from ccfactory.facts.gpu_cc import GpuCcModes, GpuModes
-from ccfactory.facts.node import BootId
+from ccfactory.facts.node import BootId, BootTools, BootToolsInfo, NodeOs, NodeOsInfo
 from ccfactory.lab import artifacts
 from ccfactory.operations import gpu as gpu_ops
 from ccfactory.operations.gpu import plan_modes
 from ccfactory.parsers.gpuhost import GpuDriverState, gpu_driver_state, nvidia_devices_from_lines
 from ccfactory.roles.gpu.plan import VFIO_CONF, plan_stage, render_vfio_conf
 from support import plan_role_on_fake_host
+from lab_standin import stand_in_lab
 
 GPUS = ["0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0", "0000:9a:00.0", "0000:ab:00.0", "0000:ba:00.0", "0000:db:00.0"]
 SWITCHES = ["0000:c5:00.0", "0000:c6:00.0", "0000:c7:00.0", "0000:c8:00.0"]
@@ -38,33 +38,56 @@ def test_converged_needs_no_step():
     assert p.steps == () and not p.half_switched
 
 
-def test_off_to_on_switches_every_gpu_in_one_run():
+PCI_ORDER = sorted(GPUS + SWITCHES)  # what the tool lists: GPUs and NVSwitches by PCI address
+
+
+def test_off_to_on_sets_every_gpu_then_resets_all_then_verifies_each():
+    # NVIDIA k8s-cc-manager _set_cc_mode_direct: set on all (no reset), reset all, wait + verify each
     p = plan_modes("on", GPUS, GPUS + SWITCHES, dict.fromkeys(GPUS, "off"), dict.fromkeys(GPUS + SWITCHES, "off"))
-    (step,) = p.steps
-    assert step.args == ("--devices", ",".join(GPUS), "--set-cc-mode", "on", "--reset-after-cc-mode-switch")
-    assert step.command("/t/nvidia_gpu_tools.py").endswith("--reset-after-cc-mode-switch 2>&1")
+    assert [s.args for s in p.steps] == [
+        ("--devices", ",".join(GPUS), "--set-cc-mode", "on"),
+        ("--devices", ",".join(GPUS), "--reset-with-os"),
+        ("--devices", ",".join(GPUS), "--query-cc-mode"),
+    ]
+    assert [s.kind for s in p.steps] == ["set", "reset", "verify"]
+    assert not any("--reset-after-cc-mode-switch" in s.args for s in p.steps)  # that resets one GPU at a time
+    assert p.steps[0].command("/t/nvidia_gpu_tools.py") == (
+        f"python3 /t/nvidia_gpu_tools.py --devices {','.join(GPUS)} --set-cc-mode on 2>&1"
+    )
     assert not p.half_switched
 
 
-def test_ppcie_ordering_cc_off_then_stage_then_reset_together():
+def test_ppcie_sets_gpus_and_switches_together_then_resets_all_then_verifies_each():
     p = plan_modes("ppcie", GPUS, GPUS + SWITCHES, dict.fromkeys(GPUS, "on"), dict.fromkeys(GPUS + SWITCHES, "off"))
+    # --set-ppcie-mode on also turns CC off (nvidia_gpu_tools.py:1843-1851): no CC-off reset first
     assert [s.args[2:] for s in p.steps] == [
-        ("--set-cc-mode", "off", "--reset-after-cc-mode-switch"),
         ("--set-ppcie-mode", "on"),
-        ("--reset-with-os", "--query-ppcie-mode"),
+        ("--reset-with-os",),
+        ("--query-cc-mode", "--query-ppcie-mode"),
     ]
-    assert p.steps[0].args[1] == ",".join(GPUS)
-    assert p.steps[1].args[1] == p.steps[2].args[1] == ",".join(GPUS + SWITCHES)
+    assert {s.args[1] for s in p.steps} == {",".join(PCI_ORDER)}
+    assert PCI_ORDER.index("0000:c5:00.0") < PCI_ORDER.index("0000:db:00.0")  # switches c5-c8 before GPU db
     assert p.want_cc == dict.fromkeys(GPUS, "off") and p.want_ppcie == dict.fromkeys(GPUS + SWITCHES, "on")
+
+
+def test_ppcie_stages_gpus_whose_cc_is_on_even_when_ppcie_is_already_on():
+    p = plan_modes("ppcie", GPUS, GPUS + SWITCHES, dict.fromkeys(GPUS, "off") | {"0000:3a:00.0": "on"}, dict.fromkeys(GPUS + SWITCHES, "on"))
+    # NVIDIA's order (k8s-cc-manager main.py:336-372): every device off first, then all on together
+    assert [s.args for s in p.steps][0] == ("--devices", ",".join(PCI_ORDER), "--set-ppcie-mode", "off")
+    assert [s.args for s in p.steps][3] == ("--devices", ",".join(PCI_ORDER), "--set-ppcie-mode", "on")
 
 
 def test_leaving_ppcie_turns_it_off_before_cc():
     p = plan_modes("on", GPUS, GPUS + SWITCHES, dict.fromkeys(GPUS, "off"), dict.fromkeys(GPUS + SWITCHES, "on"))
     assert [s.args[2:] for s in p.steps] == [
         ("--set-ppcie-mode", "off"),
-        ("--reset-with-os", "--query-ppcie-mode"),
-        ("--set-cc-mode", "on", "--reset-after-cc-mode-switch"),
+        ("--reset-with-os",),
+        ("--query-ppcie-mode",),
+        ("--set-cc-mode", "on"),
+        ("--reset-with-os",),
+        ("--query-cc-mode",),
     ]
+    assert p.steps[0].args[1] == ",".join(PCI_ORDER) and p.steps[3].args[1] == ",".join(GPUS)
 
 
 def test_half_switched_is_detected_with_its_recovery_command():
@@ -73,13 +96,15 @@ def test_half_switched_is_detected_with_its_recovery_command():
     assert p.half_switched
     assert p.todo == ("0000:3a:00.0 (cc off)", "0000:db:00.0 (cc devtools)")
     assert p.recovery("/opt/t.py") == (
-        "python3 /opt/t.py --devices 0000:3a:00.0,0000:db:00.0 --set-cc-mode on --reset-after-cc-mode-switch"
+        "python3 /opt/t.py --devices 0000:3a:00.0,0000:db:00.0 --set-cc-mode on"
+        " && python3 /opt/t.py --devices 0000:3a:00.0,0000:db:00.0 --reset-with-os"
+        " && python3 /opt/t.py --devices 0000:3a:00.0,0000:db:00.0 --query-cc-mode"
     )
 
 
 def test_unknown_modes_plan_everything_without_calling_it_half_switched():
     p = plan_modes("devtools", GPUS, [], {}, {})
-    assert len(p.steps) == 1 and not p.half_switched and len(p.todo) == 8
+    assert len(p.steps) == 3 and not p.half_switched and len(p.todo) == 8
 
 
 def test_mode_names_are_checked():
@@ -185,7 +210,7 @@ class Facts:
 def _lab(tmp_path):
     lab = tmp_path / "lab"
     lab.mkdir(exist_ok=True)
-    (lab / "lab.json").write_text(json.dumps({"nodes": {"node1": {"address": HOST}}}))
+    stand_in_lab(lab, {"node1": HOST})  # the lab gate proves a running lab (tests/lab_standin.py)
     bom = artifacts.build(lab, url="https://artifacts.lab.invalid")
     return lab, bom
 
@@ -236,6 +261,8 @@ def converged_facts(tmp_path, *, mode="on", cc=None):
         GpuDrivers: GpuDriverState(),
         GpuCcModes: lambda **kw: GpuModes(True, cc, ppcie),
         BootId: "boot-2",
+        NodeOs: NodeOsInfo("debian", "12", "6.12.0", "AuthenticAMD", "none", "boot-2"),
+        BootTools: lambda tools="", **kw: BootToolsInfo(frozenset(tools.split()), ("/boot/initrd.img-6.12.0",)),
         (FileContents, VFIO_CONF): conf.rstrip("\n").split("\n"),
         (FileContents, f"{gpu_ops.tool_dir(a.version)}/.ccfactory-sha256"): [a.sha256],
         Sha1File: lambda path, **kw: {
@@ -275,7 +302,8 @@ def test_off_to_on_plans_the_switch_the_vfio_file_and_a_reboot(tmp_path):
     by_name = {n.removeprefix("GPU | "): (change, cmds) for n, change, cmds in ops}
     change, (cmd,) = by_name["GPUs in CC mode on"]
     plan = cmd.args[0]
-    assert change and [s.args[3] for s in plan.steps] == ["on"] and plan.steps[0].args[1] == ",".join(GPUS)
+    assert change and [s.args[2:] for s in plan.steps] == [("--set-cc-mode", "on"), ("--reset-with-os",), ("--query-cc-mode",)]
+    assert plan.steps[0].args[1] == ",".join(GPUS)
     assert by_name["vfio-pci claims the GPUs at boot"][0]
     assert by_name["Record the pending reboot"][0]
     assert by_name["Reboot to bind the GPUs to vfio-pci"][0]
@@ -291,7 +319,7 @@ def test_ppcie_role_plans_the_ordered_switch(tmp_path):
     ops, _, _ = run_role(tmp_path, facts, mode="ppcie")
     (_, change, (cmd,)) = next(o for o in ops if o[0].endswith("GPUs in CC mode ppcie"))
     assert change
-    assert [s.args[2] for s in cmd.args[0].steps] == ["--set-cc-mode", "--set-ppcie-mode", "--reset-with-os"]
+    assert [s.args[2] for s in cmd.args[0].steps] == ["--set-ppcie-mode", "--reset-with-os", "--query-cc-mode"]
 
 
 def test_driver_holder_fails_before_any_change(tmp_path):
@@ -309,13 +337,16 @@ def test_count_mismatch_fails_before_any_change(tmp_path):
     assert len(ops) == 1 and "inventory says 4 H100 GPU(s)" in ops[0][2][0].args[0]
 
 
-def test_site_without_a_pinned_tool_fails_before_touching_the_host(tmp_path):
+def test_site_without_the_pinned_tool_tar_fails_before_touching_the_host(tmp_path):
+    """The packaged BOM pins NVIDIA's commit; an air-gapped site whose artifact directory lacks
+    the tar of that commit fails before any fact is read, naming the file."""
     facts = _patch_files_facts(converged_facts(tmp_path))
     ops, answers, _ = run_role(tmp_path, facts, lab=False)
     assert answers.asked == []  # not even a fact was read
     ((name, change, (cmd,)),) = ops
     assert name == "GPU | gpu-admin-tools from the bill of materials"
-    assert "is not pinned in the BOM: NVIDIA publishes tags only" in cmd.args[0]
+    assert "gpu-admin-tools-82422cc1811c.tar: No such file" in cmd.args[0], cmd.args[0]
+    assert cmd.args[0].endswith("nothing was changed")
 
 
 def test_half_switched_node_is_reported_and_finished(tmp_path):
@@ -326,3 +357,56 @@ def test_half_switched_node_is_reported_and_finished(tmp_path):
     plan = cmd.args[0]
     assert change and plan.half_switched and plan.todo == ("0000:ba:00.0 (cc off, ppcie off)",)
     assert plan.steps[0].args[1] == "0000:ba:00.0"
+
+
+# ------------------------------------------------------------------ distributions (distros.toml)
+
+OS_ROWS = {  # os-release ID, VERSION_ID -> the initramfs command the role must run (distros.toml)
+    ("debian", "12"): "update-initramfs -u -k all",
+    ("ubuntu", "24.04"): "update-initramfs -u -k all",
+    ("rhel", "9.4"): "dracut --regenerate-all --force",
+}
+
+
+@pytest.mark.parametrize(("os_id", "version"), list(OS_ROWS))
+def test_initramfs_command_per_distribution_is_data(tmp_path, os_id, version):
+    facts = _patch_files_facts(converged_facts(tmp_path), missing=(VFIO_CONF,))
+    facts[NodeOs] = NodeOsInfo(os_id, version, "6.12.0", "AuthenticAMD", "none", "boot-2")
+    facts[NvidiaGpus] = hgx("")
+    facts[(FileContents, VFIO_CONF)] = None
+    facts[Sha1File] = lambda path, **kw: None
+    ops, answers, _ = run_role(tmp_path, facts)
+    by_name = {n.removeprefix("GPU | "): (change, cmds) for n, change, cmds in ops}
+    change, cmds = by_name["Refresh the initramfs (module options)"]
+    assert change and [str(c) for c in cmds] == [OS_ROWS[(os_id, version)]]
+    assert BootTools in answers.asked
+
+
+def test_initramfs_tool_missing_with_an_initramfs_fails_before_any_change(tmp_path):
+    facts = _patch_files_facts(converged_facts(tmp_path))
+    facts[NodeOs] = NodeOsInfo("rhel", "10.0", "6.12.0", "GenuineIntel", "none", "boot-2")
+    facts[BootTools] = lambda **kw: BootToolsInfo(frozenset({"grubby"}), ("/boot/initramfs-6.12.0.el10.x86_64.img",))
+    ops, _, _ = run_role(tmp_path, facts)
+    assert [n for n, _, _ in ops] == ["GPU | GPUs match the inventory and no host driver holds them"]
+    message = ops[0][2][0].args[0]
+    assert "dracut is missing but the host boots with an initramfs (/boot/initramfs-6.12.0.el10.x86_64.img)" in message
+    assert "install dracut" in message
+
+
+def test_no_initramfs_at_all_runs_no_refresh_and_says_why(tmp_path):
+    facts = _patch_files_facts(converged_facts(tmp_path), missing=(VFIO_CONF,))
+    facts[BootTools] = lambda **kw: BootToolsInfo()
+    facts[(FileContents, VFIO_CONF)] = None
+    facts[Sha1File] = lambda path, **kw: None
+    ops, _, _ = run_role(tmp_path, facts)
+    names = [n for n, _, _ in ops]
+    assert "GPU | vfio-pci claims the GPUs at boot" in names
+    assert "GPU | Refresh the initramfs (module options)" not in names
+
+
+def test_unknown_distribution_fails_before_any_change(tmp_path):
+    facts = _patch_files_facts(converged_facts(tmp_path))
+    facts[NodeOs] = NodeOsInfo("centos", "7", "3.10.0", "AuthenticAMD", "none", "boot-2")
+    ops, _, _ = run_role(tmp_path, facts)
+    assert [n for n, _, _ in ops] == ["GPU | GPUs match the inventory and no host driver holds them"]
+    assert "centos 7 is not a supported distribution" in ops[0][2][0].args[0]

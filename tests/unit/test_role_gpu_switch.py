@@ -1,6 +1,6 @@
 """The mode-switch callback of ``gpu.cc_mode`` against the real stand-in on a rendered lab node:
-switch and verify, stuck GPU (half-switched, recovery command), PPCIe ordering, and the
-GpuCcModes fact's command and parsing."""
+set all, reset all, verify each; stuck GPU (half-switched, recovery command), PPCIe
+ordering, and the GpuCcModes fact's command and parsing."""
 
 from __future__ import annotations
 
@@ -71,12 +71,18 @@ def test_fact_reports_tool_refusals(tmp_path):
     assert len(modes.problems) == 1 and "Querying PPCIe mode is not supported on GPU 0000:19:00.0" in modes.problems[0]
 
 
+def flags(host):
+    """The tool arguments after ``--devices <list>`` of each command run."""
+    return [c.split(" --devices ")[1].split(" 2>&1")[0].split(" ", 1)[1] for c in host.commands]
+
+
 def test_switch_on_then_verified_then_nothing_left(node):
     ok, host, plan = switch(node, "on")
     assert ok, host.logs
     assert host.logs[-1] == "GPU modes verified after reset: 8 GPU(s) CC on, 12 device(s) PPCIe off"
-    assert len(host.commands) == 1 and "--set-cc-mode on --reset-after-cc-mode-switch" in host.commands[0]
-    assert all(d["cc_mode"] == "on" for b, d in node.state().items() if b in GPUS)
+    assert flags(host) == ["--set-cc-mode on", "--reset-with-os", "--query-cc-mode"]
+    assert all(f"--devices {','.join(GPUS)} " in c for c in host.commands)
+    assert all(d["cc_mode"] == "on" and d["pending_cc_mode"] is None for b, d in node.state().items() if b in GPUS)
     now = NodeHost(node).get_fact(GpuCcModes, tool=str(node.tool), cc_devices=",".join(GPUS), ppcie_devices=",".join(GPUS + SWITCHES))
     assert plan_modes("on", GPUS, GPUS + SWITCHES, now.cc, now.ppcie).steps == ()
 
@@ -86,56 +92,81 @@ def test_stuck_gpu_names_the_device_the_state_and_the_recovery(node):
     ok, host, _ = switch(node, "on")
     assert not ok
     (message,) = host.logs
-    assert message.startswith("ccfactory: gpu-admin-tools failed switching 8 GPU(s) to CC mode on: ")
-    assert "gpu.error.GpuError: GPU 0000:3a:00.0 H100 0x2330 BAR0" in message
+    # every GPU was set and reset; the verify run finds the stuck one (the others switched)
+    assert message.startswith("ccfactory: gpu-admin-tools failed verifying that 8 GPU(s) are in CC mode on after the reset: ")
+    assert "GPU 0000:3a:00.0 H100 0x2330 BAR0 0x" in message
     assert "failed to switch to CC mode on, current mode is off." in message
-    assert "Devices now in the wanted modes: 0000:18:00.0, 0000:2a:00.0, 0000:c5:00.0" in message
-    assert "not yet: 0000:3a:00.0 (cc off, ppcie off), 0000:5d:00.0 (cc off, ppcie off)" in message
-    assert "Set but not applied" not in message  # the stuck GPU's switch is not pending either
+    assert "Devices now in the wanted modes: 0000:18:00.0, 0000:2a:00.0, 0000:5d:00.0" in message
+    assert "not yet: 0000:3a:00.0 (cc off, ppcie off)." in message
+    assert "Set but not applied" not in message  # every set was followed by a reset
     tool = str(node.tool)
     assert (
-        f"Recovery, as root on the node: python3 {tool} --devices "
-        "0000:3a:00.0,0000:5d:00.0,0000:9a:00.0,0000:ab:00.0,0000:ba:00.0,0000:db:00.0 "
-        "--set-cc-mode on --reset-after-cc-mode-switch; if a device keeps its old mode after the reset, "
-        "power-cycle the node through its BMC" in message
+        f"Recovery, as root on the node: python3 {tool} --devices 0000:3a:00.0 --set-cc-mode on && python3 {tool} "
+        f"--devices 0000:3a:00.0 --reset-with-os && python3 {tool} --devices 0000:3a:00.0 --query-cc-mode; if a device "
+        "keeps its old mode after the reset, power-cycle the node through its BMC" in message
     )
+    state = node.state()
+    assert [state[g]["cc_mode"] for g in GPUS] == ["on", "on", "off", "on", "on", "on", "on", "on"]
     # the next run finds the node half-switched and says so before finishing it
     node.faults()
     ok, host, plan = switch(node, "on")
     assert ok and plan.half_switched
     assert host.logs[0].startswith("ccfactory: GPUs are half-switched (in the wanted modes: 0000:18:00.0, 0000:2a:00.0")
+    assert flags(host) == ["--set-cc-mode on", "--reset-with-os", "--query-cc-mode"] and "--devices 0000:3a:00.0 " in host.commands[0]
 
 
 def test_ppcie_switch_and_back(node):
     node.run("--devices", "gpus", "--set-cc-mode", "on", "--reset-after-cc-mode-switch")
     ok, host, _ = switch(node, "ppcie")
     assert ok, host.logs
-    assert [c.split(" --devices ")[1].split(" 2>&1")[0].split(" ", 1)[1] for c in host.commands] == [
-        "--set-cc-mode off --reset-after-cc-mode-switch",
-        "--set-ppcie-mode on",
-        "--reset-with-os --query-ppcie-mode",
-    ]
+    # PPCIe set on every GPU and NVSwitch (which also turns CC off), all reset, each verified
+    assert flags(host) == ["--set-ppcie-mode on", "--reset-with-os", "--query-cc-mode --query-ppcie-mode"]
+    assert all(f"--devices {','.join(sorted(GPUS + SWITCHES))} " in c for c in host.commands)
     state = node.state()
-    assert all(state[g]["cc_mode"] == "off" for g in GPUS)
+    assert all(state[g]["cc_mode"] == "off" and state[g]["pending_cc_mode"] is None for g in GPUS)
     assert all(state[d]["ppcie_mode"] == "on" and state[d]["pending_ppcie_mode"] is None for d in GPUS + SWITCHES)
     assert host.logs[-1] == "GPU modes verified after reset: 8 GPU(s) CC off, 12 device(s) PPCIe on"
     ok, host, _ = switch(node, "devtools")
     assert ok, host.logs
+    assert flags(host) == [
+        "--set-ppcie-mode off", "--reset-with-os", "--query-ppcie-mode", "--set-cc-mode devtools", "--reset-with-os", "--query-cc-mode",
+    ]
     assert all(state["cc_mode"] == "devtools" and state["ppcie_mode"] == "off" for b, state in node.state().items() if b in GPUS)
 
 
-def test_ppcie_staging_failure_reports_pending_devices(node):
+def test_ppcie_set_failure_reports_pending_devices(node):
     node.faults(ppcie_fw_update_required=["0000:c7:00.0"])
     ok, host, _ = switch(node, "ppcie")
     assert not ok
     (message,) = host.logs
-    assert "failed staging PPCIe mode on for 12 device(s): NvSwitch 0000:c7:00.0 NVSwitch_gen3 0x22a3" in message
+    assert "failed setting 12 device(s) to PPCIe mode on: NvSwitch 0000:c7:00.0 NVSwitch_gen3 0x22a3" in message
     assert "does not support PPCIe on current FW. A FW update is required." in message
-    assert "Set but not applied, and applied by the next reset or reboot: 0000:18:00.0, " in message
+    # the tool stops at c7 (PCI order: 18 .. ba, c5, c6, c7): those before it are set, not reset
     pending = message.split("applied by the next reset or reboot: ")[1].split("; to withdraw")[0]
-    assert pending.endswith("0000:c5:00.0, 0000:c6:00.0, 0000:db:00.0") and "0000:c7:00.0" not in pending
+    assert pending == "0000:18:00.0, 0000:2a:00.0, 0000:3a:00.0, 0000:5d:00.0, 0000:9a:00.0, 0000:ab:00.0, 0000:ba:00.0, 0000:c5:00.0, 0000:c6:00.0"
     assert message.split("to withdraw that: ")[1].split(". Recovery")[0].endswith(
         "--devices 0000:18:00.0,0000:2a:00.0,0000:3a:00.0,0000:5d:00.0,0000:9a:00.0,0000:ab:00.0,0000:ba:00.0,"
-        "0000:db:00.0,0000:c5:00.0,0000:c6:00.0 --set-ppcie-mode off"
+        "0000:c5:00.0,0000:c6:00.0 --set-ppcie-mode off"
     )
     assert "Recovery, as root on the node: update the HGX firmware of 0000:c7:00.0" in message
+    assert len(host.commands) == 1  # nothing was reset
+
+
+def test_a_half_switched_ppcie_fabric_goes_all_off_then_all_on_together():
+    """NVIDIA k8s-cc-manager main.py:336-372 (785d77e): PPCIe off on every device first (per the
+    deployment guide), then on for ALL devices and one reset of all, so the NVLink fabric is
+    configured consistently; never only the devices that look wrong."""
+    from ccfactory.operations.gpu import plan_modes
+
+    gpus = ["0000:18:00.0", "0000:2a:00.0"]
+    switches = ["0000:05:00.0", "0000:06:00.0"]
+    devices = gpus + switches
+    ppcie_now = {"0000:18:00.0": "on", "0000:2a:00.0": "off", "0000:05:00.0": "on", "0000:06:00.0": "off"}
+    plan = plan_modes("ppcie", gpus, devices, dict.fromkeys(gpus, "off"), ppcie_now)
+    steps = [(s.kind, s.feature, s.target, s.devices) for s in plan.steps]
+    on_now = ("0000:05:00.0", "0000:18:00.0")
+    every = ("0000:05:00.0", "0000:06:00.0", "0000:18:00.0", "0000:2a:00.0")
+    assert steps == [("set", "ppcie", "off", on_now), ("reset", "ppcie", "off", on_now), ("verify", "ppcie", "off", on_now),
+                     ("set", "ppcie", "on", every), ("reset", "ppcie", "on", every), ("verify", "ppcie", "on", every)]  # fmt: skip
+    converged = plan_modes("ppcie", gpus, devices, dict.fromkeys(gpus, "off"), dict.fromkeys(devices, "on"))
+    assert converged.steps == ()

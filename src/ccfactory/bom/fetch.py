@@ -4,6 +4,12 @@ Sources: the artifact's upstream URL, a mirror base URL (``<mirror>/<filename>``
 local directory (``<dir>/<filename>``) for air-gapped sites. A file whose checksum does
 not match is deleted and refused; nothing unverified is ever left in the cache.
 
+A ``git`` artifact from upstream is the uncompressed ``git archive --format=tar`` of its
+pinned commit, made here from a shallow fetch of the repository (``url``: upstream, or a
+site mirror of the repository set in the site BOM) after checking the commit's tree; its
+sha256 is then checked like any file's. Air-gapped sites put that tar in the artifact
+directory or mirror under the BOM's ``filename``.
+
 Example::
 
     path = fetch_artifact(load_bom().artifact("kata-static"), ArtifactSource())
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ccfactory.bom import Artifact
-from ccfactory.config import ArtifactSource
+from ccfactory.model import ArtifactSource
 
 CHUNK = 1 << 20
 
@@ -56,7 +62,37 @@ def origin_of(artifact: Artifact, source: ArtifactSource) -> str:
         return f"{(source.mirror_url or '').rstrip('/')}/{artifact.filename}"
     if source.kind == "local":
         return str(Path(source.directory or "").expanduser() / artifact.filename)
+    if artifact.kind == "git":
+        return f"{artifact.url}@{artifact.commit}"
     return artifact.url
+
+
+def _git_archive(artifact: Artifact, handle, timeout: float) -> None:
+    """``git archive --format=tar <commit>`` of the pinned commit, fetched from its repository
+    (or a site mirror of it), after checking the commit's tree against the BOM."""
+    from ccfactory.bom.pin import PinError, git_archive, run_git
+
+    with tempfile.TemporaryDirectory(prefix="ccfactory-git-") as tmp:
+        try:
+            run_git("init", "-q", "--bare", tmp, timeout=timeout)
+            # a commit id is fetchable where the server allows it (GitHub does); else the tag
+            try:
+                run_git("fetch", "-q", "--depth", "1", "--", artifact.url, artifact.commit, cwd=tmp, timeout=timeout * 5)
+            except PinError:
+                run_git("fetch", "-q", "--depth", "1", "--", artifact.url, f"refs/tags/{artifact.tag}", cwd=tmp,
+                     timeout=timeout * 5)  # fmt: skip
+            tree = run_git("rev-parse", "--verify", "--quiet", f"{artifact.commit}^{{tree}}", cwd=tmp).strip()
+        except PinError as exc:
+            raise ArtifactFetchError(f"{artifact.url}: cannot fetch commit {artifact.commit}: {exc}") from None
+        if tree != artifact.tree:
+            raise ChecksumMismatch(
+                f"{artifact.name}: commit {artifact.commit} of {artifact.url} has tree {tree or 'none'}, not the BOM's "
+                f"{artifact.tree}; nothing was used"
+            )
+        try:
+            git_archive(tmp, artifact.commit, handle, timeout=timeout * 5)
+        except PinError as exc:
+            raise ArtifactFetchError(str(exc)) from None
 
 
 def _pip_download(requirement: str, handle, timeout: float) -> None:
@@ -126,7 +162,10 @@ def fetch_artifact(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
-            _copy_from(origin, source.kind, handle, timeout, progress)
+            if artifact.kind == "git" and source.kind == "upstream":
+                _git_archive(artifact, handle, timeout)
+            else:
+                _copy_from(origin, source.kind, handle, timeout, progress)
         actual = sha256_of(tmp)
         if actual != artifact.sha256:
             raise ChecksumMismatch(
@@ -143,9 +182,10 @@ def fetch_artifact(
 
 def artifact_for_host(cfg, name: str, progress: Callable[[str], None] | None = None) -> tuple[Artifact | None, str | None, str]:
     """``(artifact, controller path, problem)`` of BOM artifact ``name`` for a host's
-    ``NodeConfig``: from its BOM (the lab overlay for lab hosts only), fetched from its
-    ``artifact_*`` source and verified. ``problem`` is ``""`` when both are there; else it says
-    why not (not pinned, not reachable, checksum mismatch) and the path is None.
+    ``NodeConfig``: from its BOM (site BOM, and the lab overlay for lab hosts only), fetched
+    from its ``artifact_*`` source and verified. ``problem`` is ``""`` when both are there;
+    else it says why not (not pinned and the command that pins it, not reachable, checksum
+    mismatch) and the path is None. An ``oci-image`` has no controller path (None, no problem).
 
     Example::
 
@@ -154,9 +194,11 @@ def artifact_for_host(cfg, name: str, progress: Callable[[str], None] | None = N
     from ccfactory.bom import BomError, bom_for
 
     try:
-        artifact = bom_for(cfg.lab, cfg.lab_dir).artifact(name)
+        artifact = bom_for(cfg.lab, cfg.lab_dir, cfg.artifacts.site_bom).artifact(name)
     except (KeyError, BomError) as exc:
         return None, None, exc.args[0] if exc.args else str(exc)
+    if artifact.kind == "oci-image":
+        return artifact, None, ""  # the node pulls it by digest; nothing to fetch here
     try:
         path = fetch_artifact(artifact, cfg.artifacts, progress=progress)
     except ArtifactFetchError as exc:

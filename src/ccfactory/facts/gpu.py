@@ -26,7 +26,7 @@ from ccfactory.parsers.sections import echo_marker, section_map, split_sections
 def nvidia_gpus_command(root: str = "") -> str:
     """One ``<bdf> vendor=.. device=.. class=.. driver=.. iommu_group=..`` line per NVIDIA PCI function.
 
-    Same line format as the recorded host view (shared/fixtures/nvidia-h100-real/host.txt).
+    Same line format as the recorded host view (tests/fixtures/nvidia-h100-real/host.txt).
     ``read`` and parameter expansion keep it to one process per device. ``root``: tests.
     """
     r = shlex.quote(root) if root else ""

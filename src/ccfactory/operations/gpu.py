@@ -3,17 +3,38 @@
 Each operation is named for the state it ensures and yields nothing when facts show that
 state (a converged node: no change). Mode switches run NVIDIA's ``nvidia_gpu_tools.py``
 (or the lab stand-in, same CLI) with stdout and stderr together and check its log lines
-(``ccfactory.parsers.gpuadmin``); after every switch the modes are read again and each
-device is verified. A failure names the device (PCI address), what it is in, and the
-exact command that finishes the switch.
+(``ccfactory.parsers.gpuadmin``). A failure names the device (PCI address), what it is
+in, and the exact command that finishes the switch.
 
-Ordering (shared/reference/cc-stack.md §3.1; NVIDIA k8s-cc-manager):
+How a mode is switched: as NVIDIA's k8s-cc-manager does it (``main.py``
+``_set_cc_mode_direct``/``_set_ppcie_mode_direct`` at NVIDIA/k8s-cc-manager@785d77e), in
+three tool runs per phase, see docs/gpu.md:
 
-* ``on``/``devtools``/``off``: PPCIe off on every device that has it (stage on all, then
-  reset all), then the CC mode on every GPU, each GPU reset and checked by the tool.
-* ``ppcie`` (HGX Hopper): CC off on every GPU, then PPCIe on staged on every GPU and
-  NVSwitch without reset, then all of them reset together and queried. (The tool has no
-  CC mode on NVSwitches: ``--set-cc-mode`` does nothing there, so only GPUs get it.)
+1. **set** the mode on every device that needs it, without a reset
+   (``--set-cc-mode X`` / ``--set-ppcie-mode X``; the tool writes the device's
+   configuration knobs, active after the device's next reset);
+2. **reset** all of them (``--reset-with-os``: the tool resets them one after another,
+   ``cli/main.py:356-358`` -> ``cli/per_device.py:46-47`` at gpu-admin-tools@v2025.10.20);
+3. **verify** each (``--query-cc-mode``/``--query-ppcie-mode``: the tool waits for each
+   device's boot to complete before it reads the mode, ``wait_for_boot`` in
+   ``query_cc_mode_hopper``/``query_ppcie_mode``), then ccfactory compares every device
+   with the wanted mode.
+
+Phases:
+
+* ``on``/``devtools``/``off``: PPCIe off on every device that has it on (set, reset,
+  verify), then the CC mode on every GPU (set, reset, verify).
+* ``ppcie`` (HGX Hopper): PPCIe on, set on every GPU and NVSwitch together, in PCI
+  address order (the order the tool and k8s-cc-manager list devices in,
+  ``pci/devices.py:find_gpus_sysfs``), then all reset, then each verified: PPCIe on
+  everywhere and CC off on every GPU. Setting PPCIe on turns CC off in the same knob
+  write (``nvidia_gpu_tools.py:1843-1851``, "CC is currently active. It will be turned
+  off before switching to PPCIe."), so no separate CC-off reset is needed. GPUs without
+  PPCIe that are not CC off get a CC-off phase first. (The tool has no CC mode on
+  NVSwitches: ``--set-cc-mode`` does nothing there, so only GPUs get it.)
+
+The driver guard is ccfactory's own (sysfs driver links, ``driver_holders``): the tool
+assumes no kernel driver on Hopper and later (``nvidia_gpu_tools.py:4361-4364``).
 """
 
 from __future__ import annotations
@@ -55,10 +76,19 @@ def tool_path(version: str) -> str:
 
 @dataclass(frozen=True)
 class ToolStep:
-    """One run of the tool: why, and its arguments."""
+    """One run of the tool: why, and its arguments.
+
+    ``kind`` is ``set`` (stage a mode, no reset), ``reset`` (``--reset-with-os``) or
+    ``verify`` (query after the reset); ``feature``/``target``: what is set or verified
+    (``cc``/``ppcie`` and the mode); ``devices``: the PCI addresses in ``--devices``.
+    """
 
     purpose: str
     args: tuple[str, ...]
+    kind: str = ""
+    feature: str = ""
+    target: str = ""
+    devices: tuple[str, ...] = ()
 
     def command(self, tool: str) -> str:
         return " ".join(["python3", shlex.quote(tool), *map(shlex.quote, self.args), "2>&1"])
@@ -90,6 +120,33 @@ class ModePlan:
         return " && ".join(step.shown(tool) for step in self.steps)
 
 
+def pci_order(bdfs) -> list[str]:
+    """PCI addresses in the order gpu-admin-tools lists devices: by the address read as one
+    hex number (``pci/devices.py:find_gpus_sysfs`` ``devpath_to_id``)."""
+    return sorted(bdfs, key=lambda b: int(b.replace(":", "").replace(".", ""), 16))
+
+
+_LABEL = {"cc": "CC", "ppcie": "PPCIe"}
+_SET_FLAG = {"cc": "--set-cc-mode", "ppcie": "--set-ppcie-mode"}
+_QUERY_FLAG = {"cc": "--query-cc-mode", "ppcie": "--query-ppcie-mode"}
+
+
+def _phase(feature: str, target: str, devices: list[str], what: str, *, also_cc: bool = False) -> list[ToolStep]:
+    """Set ``feature`` to ``target`` on every device without a reset, reset them all, verify each.
+
+    ``also_cc``: the verify run also queries the CC mode (the PPCIe-on phase turns CC off on GPUs).
+    """
+    bdfs = ",".join(devices)
+    n, label = len(devices), _LABEL[feature]
+    query = ("--query-cc-mode", "--query-ppcie-mode") if also_cc else (_QUERY_FLAG[feature],)
+    devs = tuple(devices)
+    return [
+        ToolStep(f"setting {n} {what} to {label} mode {target}", ("--devices", bdfs, _SET_FLAG[feature], target), "set", feature, target, devs),
+        ToolStep(f"resetting {n} {what} to apply {label} mode {target}", ("--devices", bdfs, "--reset-with-os"), "reset", feature, target, devs),
+        ToolStep(f"verifying that {n} {what} are in {label} mode {target} after the reset", ("--devices", bdfs, *query), "verify", feature, target, devs),
+    ]
+
+
 def plan_modes(
     mode: str,
     gpus: Sequence[str],
@@ -101,11 +158,14 @@ def plan_modes(
     unknown, e.g. before the tool is installed) counts as not in the wanted mode.
 
     ``gpus``: every GPU of the node; ``ppcie_devices``: the GPUs and NVSwitches that
-    support PPCIe (Hopper). ``mode``: ``on``, ``devtools``, ``off`` or ``ppcie``.
+    support PPCIe (Hopper). ``mode``: ``on``, ``devtools``, ``off`` or ``ppcie``. Devices
+    are passed to the tool in PCI address order.
 
     >>> p = plan_modes("on", ["0000:18:00.0"], [], {"0000:18:00.0": "off"}, {})
-    >>> [s.args for s in p.steps]
-    [('--devices', '0000:18:00.0', '--set-cc-mode', 'on', '--reset-after-cc-mode-switch')]
+    >>> [s.args for s in p.steps]  # doctest: +NORMALIZE_WHITESPACE
+    [('--devices', '0000:18:00.0', '--set-cc-mode', 'on'),
+     ('--devices', '0000:18:00.0', '--reset-with-os'),
+     ('--devices', '0000:18:00.0', '--query-cc-mode')]
     """
     if mode not in CC_MODES:
         raise ValueError(f"unknown GPU CC mode {mode!r}; use one of {', '.join(CC_MODES)}")
@@ -113,33 +173,33 @@ def plan_modes(
     ppcie_target = "on" if mode == "ppcie" else "off"
     want_cc = {g: cc_target for g in gpus}
     want_ppcie = {d: ppcie_target for d in ppcie_devices}
-    cc_wrong = [g for g in gpus if cc_now.get(g) != cc_target]
-    ppcie_wrong = [d for d in ppcie_devices if ppcie_now.get(d) != ppcie_target]
+    cc_wrong = pci_order(g for g in gpus if cc_now.get(g) != cc_target)
+    ppcie_wrong = pci_order(d for d in ppcie_devices if ppcie_now.get(d) != ppcie_target)
 
-    def ppcie_steps(target: str) -> list[ToolStep]:
-        devices = ",".join(ppcie_wrong)
-        return [
-            ToolStep(f"staging PPCIe mode {target} for {len(ppcie_wrong)} device(s)", ("--devices", devices, "--set-ppcie-mode", target)),
-            ToolStep(
-                f"resetting {len(ppcie_wrong)} device(s) together to apply PPCIe mode {target}",
-                ("--devices", devices, "--reset-with-os", "--query-ppcie-mode"),
-            ),
-        ]
-
-    cc_step = ToolStep(
-        f"switching {len(cc_wrong)} GPU(s) to CC mode {cc_target}",
-        ("--devices", ",".join(cc_wrong), "--set-cc-mode", cc_target, "--reset-after-cc-mode-switch"),
-    )
     steps: list[ToolStep] = []
     if mode == "ppcie":
-        steps += [cc_step] if cc_wrong else []
-        steps += ppcie_steps("on") if ppcie_wrong else []
+        # As NVIDIA's k8s-cc-manager (main.py:336-372 at 785d77e, "Per deployment guide:
+        # --set-ppcie-mode=off on all devices" first, then "Set PPCIe mode on ALL devices ...
+        # Reset all devices together ... so the NVLink fabric is configured consistently"):
+        # when any device is not in PPCIe, the devices already in it go off first, then every
+        # PPCIe device is set on and reset together. --set-ppcie-mode on also turns CC off
+        # (nvidia_gpu_tools.py:1843-1851): one set, one reset.
+        if ppcie_wrong or any(g in ppcie_devices for g in cc_wrong):
+            already_on = pci_order(d for d in ppcie_devices if ppcie_now.get(d) == "on")
+            if already_on:
+                steps += _phase("ppcie", "off", already_on, "device(s) already in PPCIe (all off first, NVIDIA's order)")
+            steps += _phase("ppcie", "on", pci_order(ppcie_devices), "device(s)", also_cc=True)
+        cc_only = [g for g in cc_wrong if g not in ppcie_devices]
+        if cc_only:
+            steps = _phase("cc", "off", cc_only, "GPU(s) without PPCIe") + steps
     else:
-        steps += ppcie_steps("off") if ppcie_wrong else []
-        steps += [cc_step] if cc_wrong else []
+        if ppcie_wrong:
+            steps += _phase("ppcie", "off", ppcie_wrong, "device(s)")
+        if cc_wrong:
+            steps += _phase("cc", cc_target, cc_wrong, "GPU(s)")
 
     done, todo = [], []
-    for bdf in sorted(set(gpus) | set(ppcie_devices)):
+    for bdf in pci_order(set(gpus) | set(ppcie_devices)):
         bad = (bdf in want_cc and bdf in cc_wrong) or (bdf in want_ppcie and bdf in ppcie_wrong)
         if not bad:
             done.append(bdf)
@@ -210,17 +270,44 @@ def _describe(plan: ModePlan) -> str:
 # What to do first, by the kind of failure the tool reported (parsers/gpuadmin events).
 _FIRST = {
     "fw_update_needed": "update the HGX firmware of {bdfs} (PPCIe needs HGX Hopper FW 1.7.0 or later; "
-    "shared/reference/cc-stack.md §3.4), then",
+    "docs/reference/cc-stack.md §3.4), then",
     "driver_in_use": "unload the host driver from {bdfs}, then",
     "unsupported": "{bdfs} cannot do this (check gpu_model and gpu_cc_mode); otherwise",
 }
 
 
-def _failure_text(step: ToolStep, report, output, now: GpuModes, rest: ModePlan, tool: str) -> str:
-    """The message for a failed tool run: what failed, where every device is, how to recover."""
-    why = [_LOG_PREFIX.sub("", e.line).rstrip(".") for e in report.failures] or [
-        " | ".join(line.strip() for line in output.output_lines[-3:] if line.strip()) or "no output"
-    ]
+def _device_text(report, bdf: str) -> str:
+    """The device as the tool prints it (``GPU <bdf> <name> 0x<id> BAR0 0x<bar0>``), or its address."""
+    d = report.devices().get(bdf)
+    if d is None:
+        return bdf
+    return f"{'GPU' if d.kind == 'gpu' else 'NvSwitch'} {d.bdf} {d.name} 0x{int(d.device_id, 16):x} BAR0 {d.bar0}"
+
+
+def verify_mismatches(step: ToolStep, report, plan: ModePlan) -> list[str]:
+    """For a ``verify`` run: every device of the step whose reported mode is not the wanted
+    one, worded as the tool words it after ``--reset-after-*-mode-switch``
+    (``cli/per_gpu.py:214``, ``cli/per_gpu_nvswitch.py:127``)."""
+    out = []
+    checks = [(step.feature, step.target)]
+    if step.feature == "ppcie" and "--query-cc-mode" in step.args:
+        checks.append(("cc", "off"))
+    for bdf in step.devices:
+        for feature, target in checks:
+            if feature == "cc" and bdf not in plan.want_cc:
+                continue  # NVSwitches have no CC mode
+            got = (report.cc_modes() if feature == "cc" else report.ppcie_modes()).get(bdf, "unknown")
+            if got != target:
+                out.append(f"{_device_text(report, bdf)} failed to switch to {_LABEL[feature]} mode {target}, current mode is {got}")
+    return out
+
+
+def _failure_text(step: ToolStep, why: list[str], report, now: GpuModes, rest: ModePlan, tool: str, pending: dict[str, set[str]]) -> str:
+    """The message for a failed step: what failed, where every device is, how to recover.
+
+    ``pending``: feature -> devices whose mode was set in this switch and not yet applied
+    by a reset (applied by the next reset or reboot).
+    """
     text = [f"gpu-admin-tools failed {step.purpose}: {'; '.join(why)}."]
     if now.installed and not now.problems:
         text.append(f"Devices now {_describe(rest)}.")
@@ -232,14 +319,14 @@ def _failure_text(step: ToolStep, report, output, now: GpuModes, rest: ModePlan,
     undo = []
     for feature, flag, current in (("cc", "--set-cc-mode", now.cc), ("ppcie", "--set-ppcie-mode", now.ppcie)):
         by_mode: dict[str, list[str]] = {}
-        for bdf in report.pending_reset(feature):
+        for bdf in pci_order(pending.get(feature, ())):
             by_mode.setdefault(current.get(bdf, "off"), []).append(bdf)
         for mode, bdfs in sorted(by_mode.items()):
             undo.append(ToolStep("", ("--devices", ",".join(bdfs), flag, mode)).shown(tool))
     if undo:
-        pending = sorted({b for f in ("cc", "ppcie") for b in report.pending_reset(f)})
+        waiting = pci_order({b for f in ("cc", "ppcie") for b in pending.get(f, ())})
         text.append(
-            f"Set but not applied, and applied by the next reset or reboot: {', '.join(pending)}; "
+            f"Set but not applied, and applied by the next reset or reboot: {', '.join(waiting)}; "
             f"to withdraw that: {' && '.join(undo)}."
         )
     text.append(
@@ -251,23 +338,35 @@ def _failure_text(step: ToolStep, report, output, now: GpuModes, rest: ModePlan,
 
 
 def _switch(state, host, connector_arguments, plan: ModePlan, tool: str, gpus, ppcie_devices) -> bool:
-    """Run the plan's tool steps, then read every device back and verify it."""
+    """Run the plan's tool steps (set all, reset all, verify each; per phase), then read
+    every device back and verify it."""
     if plan.half_switched:
         host.log_styled(
             f"ccfactory: GPUs are half-switched ({_describe(plan)}); finishing with: {plan.recovery(tool)}",
             fg="yellow",
             log_func=logger.warning,
         )
+    pending: dict[str, set[str]] = {}
     for step in plan.steps:
         ok, output = host.run_shell_command(
             StringCommand(step.command(tool)), print_output=state.print_output, **connector_arguments
         )
         report = parse_admin_tool_output(output.output_lines)
-        if ok and not report.failures:
+        if step.kind == "set":
+            # a device is pending once the tool said "... mode set to X. It will be active after ... reset."
+            pending.setdefault(step.feature, set()).update(report.pending_reset(step.feature))
+        elif step.kind == "reset" and ok:
+            pending.get(step.feature, set()).difference_update(step.devices)
+        why = [_LOG_PREFIX.sub("", e.line).rstrip(".") for e in report.failures]
+        if ok and not why and step.kind == "verify":
+            why = verify_mismatches(step, report, plan)
+        if ok and not why:
             continue
+        if not why:
+            why = [" | ".join(line.strip() for line in output.output_lines[-3:] if line.strip()) or "no output"]
         now = _query(host, tool, gpus, ppcie_devices)
         rest = plan_modes(plan.mode, gpus, ppcie_devices, now.cc, now.ppcie)
-        return _fail(state, host, _failure_text(step, report, output, now, rest, tool))
+        return _fail(state, host, _failure_text(step, why, report, now, rest, tool, pending))
     now = _query(host, tool, gpus, ppcie_devices)
     wrong = mode_mismatches(plan, now) if not now.problems else list(now.problems)
     if wrong:
@@ -291,15 +390,17 @@ def _switch(state, host, connector_arguments, plan: ModePlan, tool: str, gpus, p
 
 
 @operation()
-def admin_tools_unpacked(archive: str, dest: str, sha256: str):
+def admin_tools_unpacked(archive: str, dest: str, sha256: str, strip: int = 1):
     """gpu-admin-tools from ``archive`` (a tarball already on the host) unpacked in ``dest``.
 
     + archive: path of the tarball on the host (pushed with ``files.put``)
     + dest: install directory, e.g. ``/opt/ccfactory/gpu-admin-tools/<version>``
     + sha256: the BOM's checksum; checked again on the host before unpacking
+    + strip: leading directories to drop: 1 for a tarball with a top directory (GitHub tag
+      archives), 0 for the BOM's ``git archive`` of the pinned commit
 
     ``dest/.ccfactory-sha256`` records what was unpacked: the same checksum means nothing
-    to do. The tarball's top directory is stripped (GitHub tag archives have one); the
+    to do. ``strip`` leading directories are dropped (see above); the
     new tree replaces ``dest`` only once complete.
 
     **Example:**
@@ -307,18 +408,19 @@ def admin_tools_unpacked(archive: str, dest: str, sha256: str):
     .. code:: python
 
         gpu.admin_tools_unpacked(archive="/opt/ccfactory/gpu-admin-tools/x.tar.gz",
-                                 dest="/opt/ccfactory/gpu-admin-tools/v2026.02.24o", sha256=artifact.sha256)
+                                 dest="/opt/ccfactory/gpu-admin-tools/v2025.10.20", sha256=artifact.sha256)
     """
     if unpacked_as(dest, sha256):
         host.noop(f"gpu-admin-tools already unpacked in {dest}")
         return
-    yield verified_unpack(archive, dest, sha256, entry=TOOL_ENTRY)
+    yield verified_unpack(archive, dest, sha256, entry=TOOL_ENTRY, strip=strip)
 
 
 @operation()
 def cc_mode(mode: str, gpus: list[str], ppcie_devices: list[str], tool: str):
     """Every GPU in CC mode ``mode`` (``on``/``devtools``/``off``), or PPCIe on every GPU
-    and NVSwitch with CC off (``ppcie``), each device verified after its reset.
+    and NVSwitch with CC off (``ppcie``): the mode set on every device, then all reset,
+    then each verified (see the module docstring).
 
     + mode: ``on``, ``devtools``, ``off`` or ``ppcie``
     + gpus: PCI addresses of all GPUs of the node (all alike: partial CC is unsupported)

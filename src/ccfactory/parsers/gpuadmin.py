@@ -1,28 +1,42 @@
 """Log lines of NVIDIA gpu-admin-tools (``nvidia_gpu_tools.py``): CC and PPCIe modes.
 
+Read from the tool's source at the pinned release (gpu-admin-tools ``v2025.10.20``,
+commit 82422cc1811cf7d04b69733cef3fa46e4144e203; docs/gpu.md has the line-by-line table)
+and checked against real logs pasted in public issues (``tests/fixtures/gpu-admin-tools``).
+
 The tool logs through Python ``logging`` to **stderr** with
 ``format='%(asctime)s.%(msecs)03d %(levelname)-8s %(message)s'`` and
-``datefmt='%Y-%m-%d,%H:%M:%S'`` (``cli/main.py``), so run it with ``2>&1``. A device
-prints itself as (``nvidia_gpu_tools.py``)::
+``datefmt='%Y-%m-%d,%H:%M:%S'`` (``cli/main.py:260-262``), so run it with ``2>&1``. A
+device prints itself as (``nvidia_gpu_tools.py:3268-3269``, ``:4486-4487``)::
 
     GPU <bdf> <name> <hex device id> BAR0 0x<bar0>        Gpu.__str__
     NvSwitch <bdf> <name> <hex device id> BAR0 0x<bar0>   NvSwitch.__str__
 
-e.g. ``GPU 0000:45:00.0 H100 0x2330 BAR0 0x2c040000000``. Messages (``cli/per_gpu.py``,
-``cli/per_gpu_nvswitch.py``)::
+e.g. ``GPU 0000:45:00.0 H100 0x2330 BAR0 0x2c040000000`` (``?`` and ``BAR0 0x0`` before
+the device is set up, older releases ``H100-SXM``/``H100-PCIE``). Messages
+(``cli/per_gpu.py``, ``cli/per_gpu_nvswitch.py``)::
 
-    {dev} CC mode is {mode}
-    {dev} CC mode set to {mode}. It will be active after GPU reset.
-    {dev} was reset to apply the new CC mode.
-    {dev} failed to switch to CC mode {mode}, current mode is {mode}.      (raised GpuError)
-    {dev} PPCIe mode is {mode}
-    {dev} PPCIe mode set to {mode}. It will be active after GPU or switch reset.
-    {dev} was reset to apply the new PPCIe mode.
-    {dev} failed to switch to PPCIe mode {mode}, current mode is {mode}.   (raised GpuError)
-    {dev} has CC mode {mode}, some functionality may not work              (warning at start)
-    {dev} has PPCIe mode {mode}, some functionality may not work
-    The nvidia driver appears to be using {dev}, aborting. Specify --ignore-nvidia-driver ...
-    {dev} does not support PPCIe on current FW. A FW update is required.
+    {dev} CC mode is {mode}                                                 per_gpu.py:223
+    {dev} CC mode set to {mode}. It will be active after GPU reset.         per_gpu.py:209
+    {dev} was reset to apply the new CC mode.                               per_gpu.py:215
+    {dev} failed to switch to CC mode {mode}, current mode is {mode}.       per_gpu.py:214 (raised GpuError)
+    {dev} PPCIe mode is {mode}                                              per_gpu_nvswitch.py:136
+    {dev} PPCIe mode set to {mode}. It will be active after GPU or switch reset.   per_gpu_nvswitch.py:122
+    {dev} was reset to apply the new PPCIe mode.                            per_gpu_nvswitch.py:128
+    {dev} failed to switch to PPCIe mode {mode}, current mode is {mode}.    per_gpu_nvswitch.py:127 (raised GpuError)
+    {dev} has CC mode {mode}, some functionality may not work               per_gpu_nvswitch.py:70 (warning)
+    {dev} has PPCIe mode {mode}, some functionality may not work            per_gpu_nvswitch.py:75 (warning)
+    The nvidia driver appears to be using {dev}, aborting. Specify ...      per_gpu.py:158 (pre-Hopper only:
+                                                                            nvidia_gpu_tools.py:4361-4364)
+    {dev} does not support PPCIe on current FW. A FW update is required.    per_gpu_nvswitch.py:111
+    Configuring CC not supported on {dev}                                   per_gpu.py:194
+    Querying CC mode is not supported on {dev}                              per_gpu.py:219
+    Configuring PPCIe not supported on {dev}                                per_gpu_nvswitch.py:104
+    Querying PPCIe mode is not supported on {dev}                           per_gpu_nvswitch.py:132
+
+"was reset to apply the new ... mode." is logged only after the tool read the new mode
+back and found it equal to the one set (``per_gpu.py:211-215``), so it counts as that
+mode being reported.
 
 Example::
 
@@ -65,7 +79,7 @@ _MESSAGES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
 )
 _DRIVER_IN_USE = re.compile(r"The nvidia driver appears to be using " + _DEVICE + r", aborting")
 _UNSUPPORTED = re.compile(
-    r"(?:Querying|Configuring|Enabling) (?P<feature>CC|PPCIe)(?: mode| settings)? (?:is )?not supported on " + _DEVICE
+    r"(?:Querying|Configuring) (?P<feature>CC|PPCIe|PPCIE)(?: mode| settings)? (?:is )?not supported on " + _DEVICE
 )
 
 
@@ -73,7 +87,7 @@ _UNSUPPORTED = re.compile(
 class AdminToolDevice:
     kind: str  # "gpu" or "nvswitch"
     bdf: str
-    name: str  # the tool's name for it: "H100", "Generic-GB100", ...
+    name: str  # the tool's name for it: "H100", "B200", "Generic-GB202", "NVSwitch_gen3", "?" ...
     device_id: str  # 4 hex digits, no 0x
     bar0: str
 
@@ -93,13 +107,19 @@ class AdminToolReport:
     events: tuple[AdminToolEvent, ...] = ()
 
     def _modes(self, feature: str) -> dict[str, str]:
-        # Later lines win: a query after a reset reports the final state.
+        # Later lines win: a query after a reset reports the final state. "was reset to
+        # apply the new mode" follows a read-back equal to the mode set (per_gpu.py:211-215).
         modes: dict[str, str] = {}
+        last_set: dict[str, str] = {}
         for e in self.events:
             if e.feature != feature:
                 continue
             if e.event in ("query", "observed") and e.mode:
                 modes[e.device.bdf] = e.mode
+            elif e.event == "set" and e.mode:
+                last_set[e.device.bdf] = e.mode
+            elif e.event == "reset" and e.device.bdf in last_set:
+                modes[e.device.bdf] = last_set[e.device.bdf]
             elif e.event == "failed" and e.current:
                 modes[e.device.bdf] = e.current
         return modes

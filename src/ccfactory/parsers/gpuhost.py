@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ccfactory.gpus import GPU_PCI_CLASS, NVIDIA_VENDOR_ID, NVSWITCH_PCI_CLASS, GpuModel, gpu_by_device_id
 from ccfactory.parsers.kernel import (
@@ -193,3 +194,40 @@ def gpu_driver_state(modules: Iterable[str], modprobe_files: Iterable[tuple[str,
 def files_from_sections(sections: Iterable, name: str = "file") -> list[tuple[str, str]]:
     """``(path, text)`` for every ``### ccfactory:file <path>`` section."""
     return [(s.arg, "\n".join(s.lines)) for s in sections if s.name == name]
+
+
+class WantedGpus(Protocol):
+    """The inventory's GPU settings (``ccfactory.config.GpuConfig`` has these fields)."""
+
+    count: int
+    model: str | None
+    cc_mode: str
+
+
+def inventory_problems(cfg: WantedGpus, devices: NvidiaDevices) -> list[str]:
+    """Discovery against the inventory: count, model, NVSwitches for ppcie.
+
+    ``cfg``: what the inventory says (``NodeConfig.gpu``); here, below the config layer, only its
+    three fields are used. Shared by the gpu stage's plan and the verify stage's check."""
+    problems = []
+    found = ", ".join(f"{g.bdf} {g.model_name or f'unknown 10de:{g.device_id}'}" for g in devices.gpus) or "none"
+    if len(devices.gpus) != cfg.count:
+        problems.append(
+            f"inventory says {cfg.count} {cfg.model} GPU(s) (gpu_count, gpu_model), the node has "
+            f"{len(devices.gpus)}: {found}; fix the inventory or the hardware (a GPU missing from PCI)"
+        )
+    wrong = [g for g in devices.gpus if (g.model_name or "").lower() != (cfg.model or "").lower()]
+    if wrong:
+        shown = ", ".join(f"{g.bdf} {g.model_name or f'unknown 10de:{g.device_id}'}" for g in wrong)
+        problems.append(f"inventory says every GPU is a {cfg.model} (gpu_model), but found {shown}")
+    if cfg.cc_mode in ("on", "devtools", "ppcie"):
+        no_cc = [g.bdf for g in devices.gpus if not g.cc_capable and g not in wrong]
+        if no_cc:
+            problems.append(f"GPU(s) without CC support: {', '.join(no_cc)}; use gpu_cc_mode off")
+    if cfg.cc_mode == "ppcie":
+        if not devices.nvswitches:
+            problems.append("gpu_cc_mode ppcie needs the HGX NVSwitches, but the node has none; use on")
+        bad = [f"{d.bdf} (10de:{d.device_id})" for d in devices.nvswitches if not d.ppcie_capable]
+        if bad:
+            problems.append(f"NVSwitch(es) without PPCIe support in the GPU table: {', '.join(bad)}")
+    return problems

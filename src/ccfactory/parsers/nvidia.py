@@ -2,7 +2,7 @@
 
 These run where a driver is loaded, i.e. inside a confidential guest (the host has no
 NVIDIA driver in a CoCo setup). Formats follow the recordings of driver 580.159.04 in
-``shared/fixtures/nvidia-{h100,h200}-real`` exactly; see docs/formats.md.
+``tests/fixtures/nvidia-{h100,h200}-real`` exactly; see docs/formats.md.
 
 Example::
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """ccfactory LAB STAND-IN for NVIDIA gpu-admin-tools (``nvidia_gpu_tools.py``).
 
-Not NVIDIA's tool and not derived from its code: it keeps the real tool's file name,
-command line, log format, messages and exit codes, and acts on a ccfactory lab node's
-simulated hardware instead of a GPU: the PCI tree under ``/sys/bus/pci/devices`` and
+Not NVIDIA's tool: it keeps the real tool's file name, command line, log format, messages,
+exit codes and per-device order (each traced to gpu-admin-tools v2025.10.20 in ccfactory's
+docs/gpu.md; the device-id tables in ``gpu/devid_names.py`` are copied from the tool, MIT
+licence), and acts on a ccfactory lab node's simulated hardware instead of a GPU: the PCI tree under ``/sys/bus/pci/devices`` and
 the GPU state file ``/var/lib/ccfactory-lab/state/gpus.json`` (see ``utils/labstate.py``).
 Outside a lab node it refuses to run. Standard library only, like the real tool.
 

@@ -1,12 +1,15 @@
-"""Command line and main flow of the stand-in, shaped like the real tool's ``cli/main.py``.
+"""Command line and main flow of the stand-in, shaped like the real tool's ``cli/main.py``
+(gpu-admin-tools v2025.10.20, commit 82422cc1811c).
 
-Output: the banner (``NVIDIA GPU Tools version ...``, ``Command line arguments: [...]``)
-and ``Topo:`` go to stdout; everything else is logged through ``logging`` to stderr with
-the real format ``%(asctime)s.%(msecs)03d %(levelname)-8s %(message)s``. Exit status: 0,
-1 when an action fails (``sys.exit(1)``) or a ``GpuError`` escapes (traceback), 2 for
-command-line errors (argparse).
+Output: the banner (``NVIDIA GPU Tools version ...``, ``Command line arguments: [...]``,
+main.py:251-253) and ``Topo:`` go to stdout; everything else is logged through
+``logging`` to stderr with the real format (main.py:260-262). Exit status: 0; 1 when an
+action fails (``sys.exit(1)``, main.py:356-364) or a ``GpuError`` escapes (traceback);
+2 for command-line errors (argparse). Devices are handled one at a time, each fully
+(reset, then CC, then PPCIe) before the next (main.py:356-364).
 
 Only the flags ccfactory needs are simulated; any other flag is refused by argparse.
+The lab's PCI tree is flat, so ``Topo:`` lists the selected devices without bridges.
 """
 
 import argparse
@@ -20,8 +23,9 @@ from cli.per_gpu_nvswitch import main_per_gpu_or_nvswitch
 from pci import devices as pci_devices
 from utils.labstate import LabStateError
 
-# The real release this stand-in imitates, marked so a log never passes for the real tool's.
-VERSION = "v2026.02.24o-ccfactory-lab.1"
+# Marked so a log never passes for the real tool's. The pinned release prints "v2025.10.20o"
+# (main.py:42); the release name here is kept until the lab's artifact tests follow the pin.
+VERSION = "v2025.10.20o-ccfactory-lab.1"  # gpu-admin-tools@v2025.10.20:cli/main.py:42 + the stand-in mark
 
 
 def auto_int(x):
@@ -67,8 +71,7 @@ def print_topo(devices):
 
 def _select(opts):
     if opts.gpu_bdf is not None:
-        gpus, _ = pci_devices.find_gpus(opts.gpu_bdf)
-        gpus = [g for g in gpus if g.is_gpu()]
+        gpus, _ = pci_devices.find_gpus(opts.gpu_bdf)  # GPUs and NVSwitches, as in main.py:280
         if len(gpus) == 0:
             error("Matching for {0} found nothing".format(opts.gpu_bdf))
             sys.exit(1)
@@ -78,7 +81,7 @@ def _select(opts):
         return gpus
     if opts.gpu_name is not None:
         gpus, _ = pci_devices.find_gpus()
-        gpus = [g for g in gpus if g.is_gpu() and opts.gpu_name in g.name]
+        gpus = [g for g in gpus if opts.gpu_name in g.name]
         if len(gpus) == 0:
             error("Matching for {0} found nothing".format(opts.gpu_name))
             sys.exit(1)

@@ -1,4 +1,5 @@
-"""Actions on any selected device, run first for each device (as in the real tool)."""
+"""Actions on any selected device, run first for each device (the real tool's
+``cli/per_device.py:26-47`` at v2025.10.20: unbind, bind, then reset)."""
 
 
 def main_per_device(device, opts):

@@ -8,7 +8,7 @@ matches are sorted by address before indexing. GPUs are vendor 0x10de with class
 """
 
 import os
-from logging import debug, error, warning
+from logging import debug, error, info, warning
 
 from gpu.devid_names import gpu_identity, nvswitch_identity
 from utils import labstate
@@ -51,7 +51,6 @@ class NvidiaDevice(object):
 
     # --- what the device supports (the real tool's support matrix)
     is_cc_query_supported = False
-    is_cc_enable_supported = False
     is_ppcie_query_supported = False
 
     def is_gpu(self):
@@ -121,14 +120,41 @@ class NvidiaDevice(object):
     def query_ppcie_mode(self):
         return self._state()["ppcie_mode"]
 
+    def _knob(self, entry, feature):
+        """The mode the device's configuration knobs hold: what its next reset applies."""
+        return entry.get("pending_%s_mode" % feature) or entry["%s_mode" % feature]
+
     def set_cc_mode(self, mode):
-        labstate.update_device(self.bdf, self._defaults(), lambda e: e.update(pending_cc_mode=mode))
+        """nvidia_gpu_tools.py:3776-3828: on Hopper (PPCIe supported) the PPCIe knob is read
+        first, and CC on/devtools also writes the PPCIe knob off."""
+        ppcie_supported = self.is_ppcie_query_supported
+        if ppcie_supported and self._knob(self._state(), "ppcie") == "on":
+            info(f"{self} has PPCIe enabled. It will be turned off before switching to CC.")
+
+        def change(entry):
+            entry["pending_cc_mode"] = mode
+            if mode != "off" and ppcie_supported:
+                entry["pending_ppcie_mode"] = "off"
+
+        labstate.update_device(self.bdf, self._defaults(), change)
 
     def set_ppcie_mode(self, mode):
-        labstate.update_device(self.bdf, self._defaults(), lambda e: e.update(pending_ppcie_mode=mode))
+        """nvidia_gpu_tools.py:1825-1854: the CC knob is read first; PPCIe on also writes the
+        CC knobs off (GPUs: the lab keeps no CC state for NVSwitches)."""
+        if self.is_gpu() and self._knob(self._state(), "cc") != "off":
+            info("CC is currently active. It will be turned off before switching to PPCIe.")
+
+        def change(entry):
+            entry["pending_ppcie_mode"] = mode
+            if mode == "on" and self.is_gpu():
+                entry["pending_cc_mode"] = "off"
+
+        labstate.update_device(self.bdf, self._defaults(), change)
 
     def reset_with_os(self):
-        """A device reset: pending modes become current (a stuck device keeps its old modes)."""
+        """A device reset (the real tool writes 1 to sysfs ``reset``, pci/device.py:477-490, and
+        logs only at debug level): pending modes become current; a device with the
+        ``stuck_after_reset`` fault keeps its old modes."""
         stuck = labstate.has_fault("stuck_after_reset", self.bdf)
 
         def reset(entry):
@@ -150,11 +176,18 @@ class Gpu(NvidiaDevice):
 
     def __init__(self, dev_path):
         super(Gpu, self).__init__(dev_path)
-        self.name, self.arch = gpu_identity(self.device)
+        try:
+            self.name, self.arch = gpu_identity(self.device)
+        except KeyError:
+            raise labstate.LabStateError(
+                "ccfactory lab stand-in: GPU %s has device id 0x%04x, outside gpu-admin-tools' device-id "
+                "tables; the real tool would read its BOOT_0 register, which the lab does not simulate"
+                % (self.bdf, self.device)
+            ) from None
         self.is_hopper = self.arch == "hopper"
         self.is_hopper_plus = self.arch in ("hopper", "blackwell")
+        # nvidia_gpu_tools.py:3395-3396
         self.is_cc_query_supported = self.is_hopper_plus
-        self.is_cc_enable_supported = self.is_hopper_plus
         self.is_ppcie_query_supported = self.is_hopper
 
     @property
@@ -165,9 +198,9 @@ class Gpu(NvidiaDevice):
         return True
 
     def is_driver_loaded(self):
-        # The real tool reads a GPU register (and, at the commit read, assumes no driver on
-        # Hopper+). The lab has no registers: the driver bound in sysfs decides.
-        return self.sysfs_get_driver() == "nvidia" or labstate.has_fault("nvidia_driver_on", self.bdf)
+        # nvidia_gpu_tools.py:4361-4364: "if self.is_hopper_plus: # TODO, for now assume no driver."
+        # Every GPU the stand-in knows is Hopper or later.
+        return False
 
     def __str__(self):
         return "GPU %s %s %s BAR0 0x%x" % (self.bdf, self.name, hex(self.device), self.bar0_addr)
@@ -178,8 +211,17 @@ class NvSwitch(NvidiaDevice):
 
     def __init__(self, dev_path):
         super(NvSwitch, self).__init__(dev_path)
-        self.name, self.arch = nvswitch_identity(self.device)
+        try:
+            self.name, self.arch = nvswitch_identity(self.device)
+        except KeyError:
+            raise labstate.LabStateError(
+                "ccfactory lab stand-in: NVSwitch %s has device id 0x%04x, not in the stand-in's NVSwitch "
+                "table; the real tool would read its BOOT_0 register, which the lab does not simulate"
+                % (self.bdf, self.device)
+            ) from None
+        # nvidia_gpu_tools.py:3087-3088
         self.is_ppcie_query_supported = self.arch == "laguna"
+        self.is_cc_query_supported = False
 
     def is_nvswitch(self):
         return True

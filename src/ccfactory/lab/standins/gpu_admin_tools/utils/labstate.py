@@ -14,8 +14,10 @@ Writers hold ``flock`` on ``gpus.lock`` and replace the file atomically.
 ``faults.json`` beside it (optional, written by tests or an operator) injects faults::
 
     {"stuck_after_reset": ["0000:18:00.0"],        # a reset leaves the device in its old modes
-     "ppcie_fw_update_required": ["0000:c5:00.0"],  # --set-ppcie-mode fails: FW update required
-     "nvidia_driver_on": ["0000:2a:00.0"]}          # the tool sees the nvidia driver on it
+     "ppcie_fw_update_required": ["0000:c5:00.0"]}  # --set-ppcie-mode fails: FW update required
+
+(No fault makes the tool see a GPU driver: the real tool assumes none on Hopper and later,
+``nvidia_gpu_tools.py:4361-4364``; ccfactory checks the sysfs driver link itself.)
 
 Environment (tests only): ``CCFACTORY_LAB_STATE_DIR`` replaces the state directory and
 ``CCFACTORY_LAB_SYSFS_ROOT`` is prefixed to ``/sys`` paths.
