@@ -11,7 +11,13 @@ For workers with a TEE (others: nothing to do), from the config and one read of 
    controller, sha256-checked, cached, pushed; a checksum mismatch installs nothing.
 3. **containerd**: the installed one if it meets the pinned Kata's minimum
    (``kata.toml``, or the tarball's own metadata), else the distribution's, else the BOM's
-   static release; then enabled and running.
+   static release; then enabled and running. Packages through the distribution's package
+   manager (``distros.toml``: apt, or dnf on RHEL) under its own package names; a release
+   without a containerd package (RHEL: ``packages.containerd = ""``) gets the BOM's release.
+   The fact reads the package index without refreshing it; on a node that never downloaded
+   one, the release's ``containerd_archive`` version (``distros.toml``) stands in, and the
+   install operation refreshes the index first (apt ``update=True``; dnf refreshes expired
+   metadata itself); with no such version the stage fails naming ``refresh_index``.
 4. **Kata**: ``/opt/kata`` from the tarball (``operations/kata.py``: refuses to replace a Kata
    with running sandboxes unless ``drain``); ``/usr/local/bin/containerd-shim-kata-<shim>-v2``
    links (containerd 1.6 ignores ``runtime_path``); per-shim copies with
@@ -23,8 +29,9 @@ For workers with a TEE (others: nothing to do), from the config and one read of 
 7. **Kubernetes**: RuntimeClass per handler and the node's labels, rendered on the
    controller; applied with kubectl only when a kubeconfig is given.
 
-Options not yet in ``HostData`` are keyword arguments of ``apply`` (see docs/runtime.md for
-the planned keys). A converged node gets no change and no restart.
+Every setting comes from the inventory (``runtime_*`` keys); an OEM's code may pass keyword
+arguments to ``apply`` instead, and a given argument wins (``guest_pull=False`` included; None
+means "the inventory's"). A converged node gets no change and no restart.
 
 Example (deploy file)::
 
@@ -45,25 +52,28 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.facts.server import Which
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, dnf, files, systemd
 
 from ccfactory.bom import BomError, bom_for
 from ccfactory.bom.fetch import artifact_for_host
 from ccfactory.coco.initdata import CocoSettings, InitdataError, credentials_from, render_initdata
-from ccfactory.config import node_config
+from ccfactory.config import node_config, safe_path_component
+from ccfactory.distros import distro_for, supported_list
+from ccfactory.facts.node import NodeOs
 from ccfactory.facts.containerd import ContainerdRuntimes
 from ccfactory.facts.gpu import NvidiaGpus
 from ccfactory.facts.kata import KataInstall
 from ccfactory.operations import checks
 from ccfactory.operations import containerd as containerd_ops
 from ccfactory.operations import kata as kata_ops
+from ccfactory.templating import check_overlays, render
 from ccfactory.coco import k8s, spec
+from ccfactory.coco import containerd_config as containerd_cc
 from ccfactory.coco.containerd_config import Handler
 
 SUDO = {"_sudo": True}
 ARTIFACT_DIR = "/opt/ccfactory/artifacts"
 COCO_DIR = "/etc/ccfactory/coco"
-DEFAULT_OUTPUT = "~/.local/share/ccfactory/runtime"
 STANDIN_METADATA = ("opt/kata/share/kata-containers/ccfactory-lab-standin.toml",)
 
 logger = logging.getLogger("pyinfra")
@@ -91,10 +101,11 @@ def tarball_requires(path: str | None) -> dict | None:
 
 
 def _decompressor(filename: str) -> tuple[str, str] | None:
+    """(command, package role in distros.toml [distro.packages])"""
     if filename.endswith(".zst"):
         return "zstd", "zstd"
     if filename.endswith((".xz", ".txz")):
-        return "xz", "xz-utils"
+        return "xz", "xz"
     return None
 
 
@@ -120,40 +131,44 @@ def _kubectl_applied(kubeconfig: str, paths: list[str]):
     yield FunctionCommand(_apply, (), {})
 
 
+def _given(argument, inventory_value):
+    """``argument`` unless it is None (not given): then the inventory's value."""
+    return inventory_value if argument is None else argument
+
+
 @deploy("Runtime")
 def apply(
     *,
     shims: Sequence[str] | None = None,
-    guest_pull: bool = False,
-    drain: bool = False,
+    guest_pull: bool | None = None,
+    drain: bool | None = None,
     kubeconfig: str | None = None,
-    output_dir: str = DEFAULT_OUTPUT,
-    template_dirs: Sequence[str] = (),
+    output_dir: str | None = None,
+    template_dirs: Sequence[str] | None = None,
     kata_defaults: spec.KataDefaults | None = None,
-    coco_resources: Sequence[str] = (),
-    health_timeout: float = containerd_ops.HEALTH_TIMEOUT,
+    coco_resources: Sequence[str] | None = None,
+    health_timeout: float | None = None,
 ) -> None:
     cfg = node_config(host)
     if not cfg.is_worker or cfg.tee not in ("snp", "tdx"):
         host.noop("no Kata runtime for this host (not a worker with a TEE)")
         return
-    # inventory settings (cfg.runtime), unless an OEM's code passes its own arguments
+    # an argument an OEM's code passes wins, False and () included; None: the inventory's setting
     rt = cfg.runtime
-    shims = shims if shims is not None else rt.shims
-    guest_pull = guest_pull or rt.guest_pull
-    drain = drain or rt.drain
-    kubeconfig = kubeconfig or rt.kubeconfig
-    output_dir = output_dir if output_dir != DEFAULT_OUTPUT else rt.output_dir
-    template_dirs = tuple(template_dirs) or rt.template_overlay_dirs
-    kata_defaults = kata_defaults or spec.KataDefaults(
+    shims = _given(shims, rt.shims)
+    guest_pull = _given(guest_pull, rt.guest_pull)
+    drain = _given(drain, rt.drain)
+    kubeconfig = _given(kubeconfig, rt.kubeconfig)
+    output_dir = _given(output_dir, rt.output_dir)
+    template_dirs = tuple(_given(template_dirs, rt.template_overlay_dirs))
+    kata_defaults = _given(kata_defaults, spec.KataDefaults(
         memory=rt.kata_memory, vcpus=rt.kata_vcpus, gpu_memory=rt.kata_gpu_memory, gpu_vcpus=rt.kata_gpu_vcpus,
         timeout=rt.kata_timeout, gpu_timeout=rt.kata_gpu_timeout, snp_guest_policy=rt.snp_guest_policy,
         tdx_qgs_port=rt.tdx_qgs_port,
-    )
-    coco_resources = tuple(coco_resources) or rt.coco_resource_uris
-    if health_timeout == containerd_ops.HEALTH_TIMEOUT:
-        health_timeout = rt.health_timeout
-    overlays = tuple(str(Path(d).expanduser()) for d in template_dirs)
+    ))  # fmt: skip
+    coco_resources = tuple(_given(coco_resources, rt.coco_resource_uris))
+    health_timeout = _given(health_timeout, rt.health_timeout)
+    overlays = check_overlays(template_dirs, host=cfg.name)
     defaults = kata_defaults or spec.KataDefaults()
 
     # --- what this node needs
@@ -167,7 +182,15 @@ def apply(
     kata_artifact, kata_local, problem = (None, None, "") if problems else _fetch(cfg, "kata-static")
     if problem:
         problems.append(f"kata-static: {problem}")
-    containerd = host.get_fact(ContainerdRuntimes, **SUDO)
+    info = host.get_fact(NodeOs)
+    distro = distro_for(info.os_id, info.os_version)
+    if distro is None:
+        problems.append(f"{info.os_id or 'unknown OS'} {info.os_version} is not a supported distribution (supported: "
+                        f"{supported_list()}); the runtime stage needs its package manager (ccfactory/data/distros.toml)")
+        containerd = host.get_fact(ContainerdRuntimes, **SUDO)
+    else:
+        containerd = host.get_fact(ContainerdRuntimes, package_manager=distro.package_manager,
+                                   package=distro.package("containerd"), **SUDO)
     kata = host.get_fact(KataInstall, **SUDO)
 
     choice = None
@@ -175,27 +198,49 @@ def apply(
         need = spec.kata_requirement(kata_artifact.version, tarball_requires(kata_local))
         label = f"kata-static {kata_artifact.version}"
         bom_ctr, bom_local, bom_problem = None, None, ""
-        if not (containerd.installed and spec.at_least(containerd.version, need.min_containerd)):
-            if not (containerd.candidate and spec.at_least(containerd.candidate, need.min_containerd)):
+        candidate = containerd.candidate
+        installed_ok = containerd.installed and spec.at_least(containerd.version, need.min_containerd)
+        if not candidate and containerd.index_missing and not installed_ok:
+            candidate = distro.archive_containerd(info.os_version)
+            if candidate:
+                host.log(f"no package index on this node (facts never refresh it): {distro.id} {info.os_version}'s "
+                         f"archive offers containerd {candidate} (distros.toml containerd_archive); the install "
+                         "refreshes the index first", log_func=logger.info)
+            else:
+                problems.append(
+                    f"containerd: this node has no {distro.package_manager} package index, so what {distro.id} "
+                    f"{info.os_version} offers is unknown (ccfactory's facts are read-only) and distros.toml records "
+                    f"no containerd_archive version for it: run `{distro.refresh_index}` on the node (or install "
+                    "containerd), then re-run"
+                )
+        if not problems and not installed_ok:
+            if not (candidate and spec.at_least(candidate, need.min_containerd)):
                 bom_ctr, bom_local, bom_problem = _fetch(cfg, "containerd")
                 bom_problem = f"the BOM's containerd could not be fetched: {bom_problem}" if bom_problem else ""
-        choice = spec.choose_containerd(
+        choice = None if problems else spec.choose_containerd(
             containerd.version if containerd.installed else None,
-            containerd.candidate or None,
+            candidate or None,
             bom_ctr.version if bom_ctr else None,
             bom_problem,
             need.min_containerd,
             f"{label} (minimum from {need.source})",
         )
-        problems += list(choice.problems)
+        problems += list(choice.problems) if choice else []
+        if choice and not choice.problems and containerd.installed:
+            root = containerd_cc.root_config_problem(containerd.main_config, choice.drop_in, choice.config_version)
+            if root:
+                problems.append(f"containerd: {root}")
     checks.requirement(
         name="Runtime stage inputs",
         satisfied=not problems,
         problem="runtime stage: nothing was changed:\n  - " + "\n  - ".join(problems),
     )
-    if problems or choice is None or kata_artifact is None:
+    if problems or choice is None or kata_artifact is None or distro is None:
         return
-    host.log(f"containerd: {choice.reason}; {'drop-in' if choice.drop_in else 'main config'} mode, config version {choice.config_version}",
+    # the drop-in follows the root config's version (containerd 2.x refuses a newer drop-in)
+    config_version = (containerd_cc.root_version(containerd.main_config, choice.config_version)
+                      if choice.drop_in else choice.config_version)
+    host.log(f"containerd: {choice.reason}; {'drop-in' if choice.drop_in else 'main config'} mode, config version {config_version}",
              log_func=logger.info)
 
     # --- containerd installed, enabled, running
@@ -203,12 +248,16 @@ def apply(
     dec = _decompressor(kata_artifact.filename)
     install_kata = not (kata.present and kata.installed_sha256 == kata_artifact.sha256)
     if install_kata and dec and not host.get_fact(Which, command=dec[0]):
-        packages.append(dec[1])
+        packages.append(distro.package(dec[1]))
     if choice.action == "distro":
-        packages.append("containerd")
+        packages.append(distro.package("containerd"))
     if choice.action == "bom" and not host.get_fact(Which, command="runc"):
-        packages.append("runc")
-    if packages:
+        packages.append(distro.package("runc"))
+    if packages and distro.package_manager == "dnf":
+        # no update=True: pyinfra's dnf `update` runs `dnf update` (every package); dnf install
+        # refreshes expired repository metadata itself (dnf.conf(5) metadata_expire)
+        dnf.packages(name="Runtime packages", packages=packages, **SUDO)
+    elif packages:
         apt.packages(name="Runtime packages", packages=packages, update=True, **SUDO)
     if choice.action == "bom":
         bom_ctr = bom_for(cfg.lab, cfg.lab_dir).artifact("containerd")
@@ -216,8 +265,8 @@ def apply(
         files.put(name="Push the containerd release", src=bom_local, dest=archive, mode="0644", **SUDO)
         containerd_ops.release_installed(name=f"containerd {bom_ctr.version} in /usr/local", archive=archive,
                                          sha256=bom_ctr.sha256, version=bom_ctr.version, **SUDO)
-        files.template(name="containerd systemd unit", src=str(_template("runtime/containerd.service.j2")),
-                       dest="/etc/systemd/system/containerd.service", mode="0644", ccfactory_source="runtime stage", **SUDO)
+        files.put(name="containerd systemd unit", dest="/etc/systemd/system/containerd.service", mode="0644",
+                  src=io.StringIO(render("runtime/containerd.service.j2", overlays, ccfactory_source="runtime stage")), **SUDO)
     systemd.service(name="containerd enabled and running", service="containerd", running=True, enabled=True,
                     daemon_reload=choice.action == "bom", **SUDO)
 
@@ -237,8 +286,9 @@ def apply(
             files.link(name=f"Remove shim link {link}", path=f"{spec.SHIM_LINK_DIR}/{link}", present=False, **SUDO)
 
     initdata = _initdata(cfg, overlays, coco_resources)
-    extra = tuple(initdata.kernel_params.split()) if initdata else ()
-    settings = [spec.shim_settings(s, defaults, extra) for s in selected]
+    # the guest kernel command line stays upstream's: SNP measures it (kernel-hashes) and TDX's
+    # default policy checks it; the guest's KBS settings reach it through initdata only
+    settings = [spec.shim_settings(s, defaults, force_guest_pull=not guest_pull) for s in selected]
     kata_ops.shims_configured(name="Kata per-shim drop-ins", shims=settings, overlays=overlays,
                               pending_install=install_kata, **SUDO)
 
@@ -262,9 +312,10 @@ def apply(
             ("initdata.toml", initdata.document),
             ("initdata.annotation", initdata.annotation + "\n"),
             ("initdata.json", initdata.summary_json()),
-            ("kernel-params", initdata.kernel_params + "\n"),
         ):
             files.put(name=f"CoCo {name}", src=io.StringIO(text), dest=f"{COCO_DIR}/{name}", mode="0644", **SUDO)
+        # written by earlier ccfactory versions (agent kernel parameters, no longer used)
+        files.file(name="CoCo kernel-params removed", path=f"{COCO_DIR}/kernel-params", present=False, **SUDO)
     else:
         host.log("no kbs_url: CoCo initdata not rendered (guests would not know their KBS)", log_func=logger.warning)
 
@@ -275,23 +326,18 @@ def apply(
         "tee": cfg.tee,
         "handlers": [h.name for h in handlers],
         "kata": {"version": kata_artifact.version, "sha256": kata_artifact.sha256},
-        "containerd": {"action": choice.action, "version": choice.version, "config_version": choice.config_version,
+        "containerd": {"action": choice.action, "version": choice.version, "config_version": config_version,
                        "mode": "drop-in" if choice.drop_in else "main config"},
         "initdata": initdata.summary() if initdata else None,
         "initdata_document": initdata.document if initdata else None,
         "node_files": {"initdata": f"{COCO_DIR}/initdata.toml", "summary": f"{COCO_DIR}/initdata.json"},
         "manifests": [str(p) for p in manifests],
     }
-    k8s.write_if_changed(out / "reports" / f"{host.name}.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    report_name = f"{safe_path_component(host.name)}.json"  # a host name never walks out of the directory
+    k8s.write_if_changed(out / "reports" / report_name, json.dumps(report, indent=2, sort_keys=True) + "\n")
     if kubeconfig:
         _kubectl_applied(name="RuntimeClasses and node labels", kubeconfig=str(Path(kubeconfig).expanduser()),
                          paths=[str(p) for p in manifests])
-
-
-def _template(name: str) -> Path:
-    from importlib import resources
-
-    return Path(str(resources.files("ccfactory.templates").joinpath(name)))
 
 
 def _initdata(cfg, overlays, resources):

@@ -17,6 +17,7 @@ from pyinfra.api import FunctionCommand, deploy, operation
 
 from ccfactory.config import node_config
 from ccfactory.verify import node_checks  # noqa: F401 - registers the checks
+from ccfactory.verify.checks import fleet_of
 from ccfactory.verify.collect import record_node
 
 
@@ -33,4 +34,7 @@ def readiness_checked(cfg):
 @deploy("Verify")
 def apply() -> None:
     cfg = node_config(host)
+    # the fleet's configurations, once per run and now: at execute time every host's greenlet
+    # would otherwise validate the whole inventory at the same moment
+    fleet_of(host.inventory)
     readiness_checked(name="Readiness checks", cfg=cfg)

@@ -7,10 +7,8 @@ script itself is checked for shell syntax and for what it must (not) contain.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import os
 import re
 import subprocess
 import threading
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 from busybox_helpers import busybox_bin
 
+from ccfactory.coco import spec
 from ccfactory.coco.initdata import ANNOTATION, KERNEL_PARAMS_ANNOTATION
 from ccfactory.config import load_node_config
 from ccfactory.facts.containerd import ContainerdState
@@ -28,13 +27,17 @@ from ccfactory.kbs.settings import RESOURCE_PATH
 from ccfactory.parsers.sections import MARKER
 from ccfactory.verify import attestation as att
 from ccfactory.verify.checks import REGISTRY, CheckContext, CommandOutput, FleetHost, run_check
+from lab_standin import stand_in_lab
 
 SNP_HANDLER = {"runtime_type": "io.containerd.kata-qemu-snp.v2", "runtime_path": "/opt/kata/bin/containerd-shim-kata-v2",
                "config_path": "/opt/kata/share/defaults/kata-containers/runtimes/qemu-snp/configuration-qemu-snp.toml",
                "pod_annotations": ["io.katacontainers.*"], "snapshotter": ""}  # fmt: skip
 FACT_KEY = "fact:ccfactory.facts.containerd.ContainerdRuntimes"
-INITDATA = {"annotations": {ANNOTATION: "H4sIAAAAAAAC/2Zvbw==", KERNEL_PARAMS_ANNOTATION: "agent.aa_kbc_params=cc_kbc::https://kbs1:8443 "
-                                                                                     "agent.guest_components_rest_api=resource"}}  # fmt: skip
+GPU_HANDLER = {**SNP_HANDLER, "runtime_type": "io.containerd.kata-qemu-nvidia-gpu-snp.v2",
+               "config_path": SNP_HANDLER["config_path"].replace("qemu-snp", "qemu-nvidia-gpu-snp")}  # fmt: skip
+INITDATA = {"annotations": {ANNOTATION: "H4sIAAAAAAAC/2Zvbw=="}}
+SMOKE_IMAGE = "registry.example/library/busybox@sha256:" + "ab" * 32
+LAB_EXIT = att.encode_verdict(*att.LAB_EXPECTED)
 
 
 # ------------------------------------------------------------------ fakes
@@ -82,12 +85,12 @@ def fake_kbs(monkeypatch):
 class Node:
     """A worker's answers: initdata, then the smoke script's sections (from a scenario)."""
 
-    def __init__(self, exit_code=83, runtime="io.containerd.kata-qemu-snp.v2", shim="/usr/local/bin/containerd-shim-kata-qemu-snp-v2",
+    def __init__(self, exit_code=LAB_EXIT, runtime="io.containerd.kata-qemu-snp.v2", shim="/usr/local/bin/containerd-shim-kata-qemu-snp-v2",
                  cdh_events=None, image_error="", leftover="", stderr="", info=True, initdata=INITDATA, no_annotation=False,
-                 raises=None):  # fmt: skip
+                 raises=None, no_gpu=False):  # fmt: skip
         self.exit_code, self.runtime, self.shim, self.cdh_events = exit_code, runtime, shim, cdh_events
         self.image_error, self.leftover, self.stderr, self.info = image_error, leftover, stderr, info
-        self.initdata, self.no_annotation, self.raises = initdata, no_annotation, raises
+        self.initdata, self.no_annotation, self.raises, self.no_gpu = initdata, no_annotation, raises, no_gpu
         self.scripts: list[str] = []
 
     def __call__(self, command: str) -> CommandOutput:
@@ -103,6 +106,8 @@ class Node:
             out += [f"{MARKER}image-build", f"{MARKER}image-build-exit 1", self.image_error]
         if self.no_annotation:
             out += [f"{MARKER}no-annotation"]
+        if self.no_gpu:
+            out += [f"{MARKER}no-vfio-gpu"]
         out += [f"{MARKER}exit {self.exit_code}", f"{MARKER}ctr-stderr", self.stderr, f"{MARKER}info"]
         if self.info:
             out += [json.dumps({"ID": "x", "Runtime": {"Name": self.runtime, "Options": None}}, indent=4)]
@@ -114,23 +119,28 @@ class Node:
         return CommandOutput(0, "\n".join(out) + "\n")
 
 
-def lab_events(path, outcome="denied", status=403, kind="PolicyDeny", tees=("sample",)):
+def lab_events(path, outcome="denied", status=401, kind="PolicyDeny", tees=("sample",)):
     return [
-        {"event": "start", "outcome": "listening"},
-        {"event": "resource", "path": path, "outcome": outcome, "kbs_status": status, "kbs_error": kind, "evidence": "sample"},
-        {"event": "token", "outcome": "issued", "token_tees": list(tees)},
+        {"event": "start", "outcome": "listening", "feature": "resource"},
+        {"event": "resource", "path": path, "outcome": outcome, "kbs_status": status, "kbs_error": kind, "evidence": "sample",
+         "token_tees": list(tees)},
     ]
 
 
-def fleet(tmp_path, *, lab=False, gpu_resources=None, gpu_workers=False, kbs_hosts=1):
+def fleet(tmp_path, *, lab=False, gpu_resources=None, gpu_workers=False, gpu_node=False, kbs_hosts=1, smoke_image=SMOKE_IMAGE):
     pki = tmp_path / "pki"
     pki.mkdir(exist_ok=True)
     common = {"lab": lab, "lab_dir": str(tmp_path)} if lab else {}
-    if lab:  # config accepts `lab` only for hosts of a lab that lab.json says is up
-        (tmp_path / "lab.json").write_text(json.dumps({"nodes": {n: {"address": n} for n in ("w1", "kbs1", "kbs2")}}))
-    worker = load_node_config("w1", ("workers", "snp"), {"kbs_url": "https://kbs1:8443", **common,
-                              **({"gpu_count": 8, "gpu_model": "H100"} if gpu_workers else {})}, check_files=False)  # fmt: skip
+    if lab:  # config accepts `lab` only for nodes of a running lab: stand one in (tests/lab_standin.py)
+        stand_in_lab(tmp_path, {n: n for n in ("w1", "kbs1", "kbs2")})
+    gpus = {"gpu_count": 8, "gpu_model": "H100"}
+    image = {"runtime_smoke_image": smoke_image} if smoke_image and not lab else {}
+    worker = load_node_config("w1", ("workers", "snp"), {"kbs_url": "https://kbs1:8443", **common, **image,
+                              **(gpus if gpu_node else {})}, check_files=False)  # fmt: skip
     hosts = {"w1": FleetHost(worker, {"kbs_url": "https://kbs1:8443"})}
+    if gpu_workers:  # another worker of the site has GPUs
+        other = load_node_config("w2", ("workers", "snp"), {"kbs_url": "https://kbs1:8443", **common, **gpus}, check_files=False)
+        hosts["w2"] = FleetHost(other, {"kbs_url": "https://kbs1:8443"})
     for i in range(1, kbs_hosts + 1):
         data = {"kbs_url": f"https://kbs{i}:8443", "kbs_pki_dir": str(pki), **common}
         if gpu_resources is not None:
@@ -143,8 +153,9 @@ def fleet(tmp_path, *, lab=False, gpu_resources=None, gpu_workers=False, kbs_hos
 def context(tmp_path, node: Node, *, handlers=None, with_fleet=True, **fleet_kw) -> CheckContext:
     worker, hosts = fleet(tmp_path, **fleet_kw)
     ctx = CheckContext(cfg=worker, run=node, data={}, fleet=hosts if with_fleet else None)
-    ctx.cache[FACT_KEY] = ContainerdState(installed=True, active=True, version="2.3.5",
-                                          handlers={"kata-qemu-snp": SNP_HANDLER} if handlers is None else handlers)  # fmt: skip
+    if handlers is None:
+        handlers = {"kata-qemu-snp": SNP_HANDLER, "kata-qemu-nvidia-gpu-snp": GPU_HANDLER}
+    ctx.cache[FACT_KEY] = ContainerdState(installed=True, active=True, version="2.3.5", handlers=handlers)
     return ctx
 
 
@@ -165,23 +176,46 @@ def test_registered_for_tee_workers_with_a_kbs():
 
 
 @pytest.mark.parametrize("resource", sorted(att.RESOURCE))
-@pytest.mark.parametrize("token", sorted(att.TOKEN))
-def test_verdicts_round_trip_outside_shell_and_signal_codes(resource, token):
-    code = att.encode_verdict(resource, token)
-    assert att.decode_verdict(code) == (resource, token)
-    assert code == 0 or 64 <= code < 126  # 1/2: ctr's own errors, 124: timeout, 126+: shell and signals
-    assert att.LAB_EXPECTED == (2, 3) and att.encode_verdict(2, 3) == 83
+@pytest.mark.parametrize("gpu", sorted(att.GPU))
+def test_verdicts_round_trip_outside_shell_and_signal_codes(resource, gpu):
+    code = att.encode_verdict(resource, gpu)
+    assert att.decode_verdict(code) == (resource, gpu)
+    assert code == 0 or 64 < code < 124  # 1/2: ctr's own errors, 124: timeout, 126+: shell and signals
+    assert att.LAB_EXPECTED == (2, 0) and LAB_EXIT == 66
 
 
-@pytest.mark.parametrize("code", [None, 1, 2, 63, 96, 124, 137, 64 + 5])
+@pytest.mark.parametrize("code", [None, 1, 2, 63, 64, 88, 96, 124, 137])
 def test_other_exit_codes_are_not_verdicts(code):
     assert att.decode_verdict(code) is None
 
 
-def test_smoke_paths_follow_the_kbs_rule_and_never_repeat():
-    paths = {att.smoke_path("10.199.0.11") for _ in range(50)} | {att.smoke_path("@ssh/gpu-01.example")}
+def test_smoke_paths_follow_the_kbs_rule_never_repeat_and_name_the_tee():
+    paths = {att.smoke_path("10.199.0.11", "snp", False) for _ in range(50)} | {att.smoke_path("@ssh/gpu-01.example", "snp", False)}
     assert len(paths) == 51
-    assert all(RESOURCE_PATH.match(p) and p.startswith("ccfactory-verify/attestation-smoke/") for p in paths)
+    assert all(RESOURCE_PATH.match(p) and p.startswith("ccfactory-verify/attestation-smoke-snp/") for p in paths)
+    assert att.smoke_path("n", "tdx", True).startswith("ccfactory-verify/attestation-smoke-tdx-gpu/n-")
+
+
+@pytest.mark.parametrize("gpu_paths", [(), ("*",)])
+def test_the_strict_policy_releases_a_smoke_path_only_to_its_tee_and_gpu(gpu_paths):
+    """Evaluated by regorus, as Trustee's KBS evaluates it (ccfactory.kbs.rego)."""
+    from ccfactory.kbs.policy import PolicySpec, render_resource_policy
+    from ccfactory.kbs.rego import allows, ear_claims, request_data
+
+    text = render_resource_policy(PolicySpec("strict", cpu_tees=("snp", "tdx"), gpu_paths=gpu_paths))
+
+    def released(path, **submods):
+        return allows(text, ear_claims(submods), request_data(f"resource/{path}"))
+
+    cpu, gpu = att.smoke_path("w1", "snp", False), att.smoke_path("w1", "snp", True)
+    assert released(cpu, cpu0=("affirming", "snp")) is (gpu_paths == ())  # every resource needs a GPU with ("*",)
+    assert not released(cpu, cpu0=("affirming", "tdx"))  # another TEE's token
+    assert not released(cpu, cpu0=("affirming", "sample"))
+    assert not released(gpu, cpu0=("affirming", "snp"))  # no gpu0
+    assert not released(gpu, cpu0=("affirming", "snp"), gpu0=("contraindicated", "nvidia"))
+    assert released(gpu, cpu0=("affirming", "snp"), gpu0=("affirming", "nvidia"))
+    assert not released(gpu, cpu0=("affirming", "tdx"), gpu0=("affirming", "nvidia"))
+    assert not released("ccfactory-verify/attestation-smoke/w1-00", cpu0=("affirming", "snp"))  # unbound type
 
 
 # ------------------------------------------------------------------ the node script
@@ -192,8 +226,9 @@ def plan(lab: bool) -> att.SmokePlan:
 
     return att.SmokePlan(
         container_id="ccfactory-attest-0123456789ab", handler="kata-qemu-snp", runtime_type=SNP_HANDLER["runtime_type"],
-        config_path="" if lab else SNP_HANDLER["config_path"], annotations=dict(INITDATA["annotations"]),
-        env={"RES": "ccfactory-verify/attestation-smoke/w1-00", "EXPECT": "ab" * 32, "TEE": "snp", "WAIT": "60"},
+        config_path="" if lab else SNP_HANDLER["config_path"],
+        annotations={**INITDATA["annotations"], att.IMAGE_NAME_ANNOTATION: SMOKE_IMAGE},
+        env={"RES": "ccfactory-verify/attestation-smoke-snp/w1-00", "EXPECT": "ab" * 32, "TEE": "snp", "WAIT": "60"},
         lab=lab, timeout=180, cdh_program=cdh.program_source() if lab else "",
     )  # fmt: skip
 
@@ -204,7 +239,8 @@ def test_node_script_is_valid_shell_and_carries_what_it_must(lab):
     assert subprocess.run(["sh", "-n"], input=script, text=True, capture_output=True).returncode == 0
     assert len(script.encode()) < 100_000  # one argument of `sh -c` (MAX_ARG_STRLEN is 128 KiB)
     assert "--runtime io.containerd.kata-qemu-snp.v2" in script and "--null-io" in script
-    assert f"--annotation {ANNOTATION}=" in script and "agent.guest_components_rest_api=resource" in script
+    assert f"--annotation {ANNOTATION}=" in script and f"--annotation {att.IMAGE_NAME_ANNOTATION}={SMOKE_IMAGE}" in script
+    assert "kernel_params" not in script and "agent." not in script and "/aa/" not in script
     assert "trap cleanup EXIT HUP INT TERM" in script and "images import" in script
     if lab:
         assert "--runtime-config-path" not in script and "--cpu-shares 0" in script and "--netns-pid" in script
@@ -213,14 +249,43 @@ def test_node_script_is_valid_shell_and_carries_what_it_must(lab):
         assert "--cpu-shares" not in script and "cdh.py" not in script and "netns" not in script
 
 
-def test_the_check_sends_only_the_hash_and_asks_for_the_rest_api(tmp_path):
+def _annotations(script: str) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in re.findall(r"--annotation ([^\s;]+)", script))
+
+
+@pytest.mark.parametrize("lab", [False, True])
+@pytest.mark.parametrize("gpu_node", [False, True])
+def test_the_smoke_check_never_changes_what_is_measured(tmp_path, lab, gpu_node):
+    """The only Kata annotation the smoke container passes is the node's initdata (measured, bound
+    into the evidence); no kernel_params (SNP measures the command line: qemu.go:443), firmware,
+    vCPUs or memory. The shim's kernel_params stay exactly upstream's."""
+    from ccfactory.operations.kata import render_shim_dropin
+
+    node = Node(exit_code=LAB_EXIT if lab else 0)
+    check(context(tmp_path, node, lab=lab, gpu_node=gpu_node))
+    script = node.scripts[0]
+    kata = {k: v for k, v in _annotations(script).items() if k.startswith("io.katacontainers.")}
+    assert kata == {ANNOTATION: INITDATA["annotations"][ANNOTATION]}
+    assert att.measured_annotations(att.SmokePlan("c", "h", "t", "", {**kata, att.IMAGE_NAME_ANNOTATION: "i"}, {}, lab, 1)) == kata
+    for word in ("kernel_params", "kernel_verity_params", "default_vcpus", "default_memory", "firmware", "agent.", KERNEL_PARAMS_ANNOTATION):
+        assert word not in script, word
+    upstream = "cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1"
+    for shim in spec.KNOWN_SHIMS:
+        import tomllib
+
+        dropin = tomllib.loads(render_shim_dropin(spec.shim_settings(shim, spec.KataDefaults(), force_guest_pull=True), upstream))
+        assert dropin["hypervisor"]["qemu"]["kernel_params"] == upstream
+        assert dropin["runtime"]["experimental_force_guest_pull"] is True
+
+
+def test_the_check_sends_only_the_hash_and_names_the_image_the_guest_pulls(tmp_path):
     node = Node(exit_code=0)
     assert check(context(tmp_path, node)).status == "pass"
     script = node.scripts[0]
     seeded = FakeKbs.instances[0].log[0][1]
-    assert f"--env RES={seeded}" in script
+    assert f"--env RES={seeded}" in script and seeded.startswith("ccfactory-verify/attestation-smoke-snp/")
     expect = re.search(r"--env EXPECT=([0-9a-f]{64})", script)[1]
-    assert "--env TEE=snp" in script and att.REST_API_ALL in script
+    assert "--env TEE=snp" in script and _annotations(script)[att.IMAGE_NAME_ANNOTATION] == SMOKE_IMAGE
     # the value itself never reaches the node: only its SHA-256 (compared inside the guest)
     assert expect not in json.dumps(FakeKbs.instances[0].log)
 
@@ -232,7 +297,7 @@ def test_pass_on_hardware_and_both_leftovers_removed(tmp_path):
     result = check(context(tmp_path, Node(exit_code=0)))
     assert result.status == "pass" and not result.simulated
     assert result.detail.startswith("kata-qemu-snp (io.containerd.kata-qemu-snp.v2), shim /usr/local/bin/containerd-shim-kata-qemu-snp-v2:")
-    assert "SHA-256 matches" in result.detail and "carries snp evidence and no sample evidence" in result.detail
+    assert "SHA-256 matches" in result.detail and "to a token whose cpu0 evidence is snp" in result.detail
     assert "resource deleted; smoke container removed" in result.detail
     kbs = FakeKbs.instances[0]
     assert kbs.resources == {} and [op for op, _ in kbs.log] == ["set", "delete"]
@@ -243,33 +308,68 @@ def test_pass_on_hardware_and_both_leftovers_removed(tmp_path):
 @pytest.mark.parametrize(
     ("verdict", "says", "hint"),
     [
-        ((2, 0), "answered an error for the fresh resource", "kbs_reference_values"),
-        ((3, 0), "different bytes than were seeded", "journalctl -u trustee-kbs"),
-        ((0, 3), "carries sample (non-TEE) evidence", "host.tee_active"),
-        ((0, 4), "carries no snp evidence", "host.tee_active"),
-        ((0, 1), "token endpoint", "guest_components_rest_api"),
-        ((1, 1), "never answered", "api-server-rest did not come up"),
+        (2, "answered an error for the fresh resource", "only to snp evidence"),
+        (3, "different bytes than were seeded", "journalctl -u trustee-kbs"),
+        (1, "never answered", "api-server-rest did not come up"),
     ],
 )
 def test_failures_on_hardware_say_what_the_guest_saw(tmp_path, verdict, says, hint):
-    result = check(context(tmp_path, Node(exit_code=att.encode_verdict(*verdict))))
+    result = check(context(tmp_path, Node(exit_code=att.encode_verdict(verdict))))
     assert result.status == "fail" and says in result.detail and hint in result.hint
     assert not result.simulated and "resource deleted" in result.detail
     assert FakeKbs.instances[0].resources == {}
 
 
 def test_a_denial_on_a_gpu_gated_site_names_kbs_gpu_resources(tmp_path):
-    result = check(context(tmp_path, Node(exit_code=att.encode_verdict(2, 0)), gpu_workers=True))
+    result = check(context(tmp_path, Node(exit_code=att.encode_verdict(2)), gpu_workers=True))
     assert result.status == "fail" and "kbs_gpu_resources" in result.hint
-    listed = check(context(tmp_path, Node(exit_code=att.encode_verdict(2, 0)), gpu_workers=True, gpu_resources=["m/a/b"]))
+    listed = check(context(tmp_path, Node(exit_code=att.encode_verdict(2)), gpu_workers=True, gpu_resources=["m/a/b"]))
     assert "kbs_gpu_resources" not in listed.hint
+
+
+def test_a_gpu_node_runs_its_gpu_guest_with_the_first_vfio_gpu(tmp_path):
+    node = Node(exit_code=0, runtime=GPU_HANDLER["runtime_type"], shim="/usr/local/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2")
+    result = check(context(tmp_path, node, gpu_node=True))
+    assert result.status == "pass", result
+    assert "and an affirming gpu0" in result.detail
+    script = node.scripts[0]
+    assert f"--runtime {GPU_HANDLER['runtime_type']}" in script and "--device /dev/vfio/$G" in script
+    assert "--env GPU=1" in script and "--env VISIBLE_CDI_DEVICES=nvidia.com/gpu=all" in script
+    assert "nvidia-smi conf-compute says CC status ON, GPUs ready, environment PRODUCTION" in result.detail
+    assert "/sys/bus/pci/drivers/vfio-pci/" in script and FakeKbs.instances[0].log[0][1].startswith(
+        "ccfactory-verify/attestation-smoke-snp-gpu/")
+    missing = check(context(tmp_path, Node(exit_code=0, no_gpu=True, runtime=GPU_HANDLER["runtime_type"]), gpu_node=True))
+    assert missing.status == "fail" and "no NVIDIA GPU bound to vfio-pci" in missing.detail and "gpu stage" in missing.hint
+
+
+@pytest.mark.parametrize("gpu", [1, 2, 3, 4, 5])
+def test_a_gpu_guest_that_is_not_cc_ready_fails_with_what_nvidia_smi_said(tmp_path, gpu):
+    node = Node(exit_code=att.encode_verdict(0, gpu), runtime=GPU_HANDLER["runtime_type"],
+                shim="/usr/local/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2")
+    result = check(context(tmp_path, node, gpu_node=True))
+    assert result.status == "fail" and att.GPU[gpu] in result.detail and result.hint
+
+
+def test_no_gpu_step_on_cpu_nodes_nor_in_the_lab(tmp_path):
+    node = Node(exit_code=0)
+    check(context(tmp_path, node))
+    assert "--env GPU=1" not in node.scripts[0] and "VISIBLE_CDI_DEVICES" not in node.scripts[0]
+    lab = Node(exit_code=LAB_EXIT)
+    check(context(tmp_path, lab, lab=True, gpu_node=True))
+    assert "--env GPU=1" not in lab.scripts[0]
+
+
+def test_outside_the_lab_the_guest_image_must_be_named(tmp_path):
+    result = check(context(tmp_path, Node(exit_code=0), smoke_image=None))
+    assert result.status == "fail" and "runtime_smoke_image is not set" in result.detail and FakeKbs.instances == []
 
 
 def test_a_container_that_never_completes(tmp_path):
     node = Node(exit_code=1, stderr="ctr: failed to create shim task: failed to mount rootfs: ENOENT")
     result = check(context(tmp_path, node))
     assert result.status == "fail" and "did not complete" in result.detail and "ENOENT" in result.detail
-    assert "runtime_guest_pull" in result.hint and FakeKbs.instances[0].resources == {}
+    assert "experimental_force_guest_pull" in result.hint and SMOKE_IMAGE in result.hint
+    assert FakeKbs.instances[0].resources == {}
 
 
 @pytest.mark.parametrize(
@@ -318,7 +418,7 @@ def test_a_resource_that_can_be_neither_deleted_nor_overwritten_fails(tmp_path, 
         ({"kbs_hosts": 0}, "no host in group kbs"),
         ({"kbs_hosts": 2}, None),  # the one serving the worker's kbs_url is chosen
         ({"handlers": {}}, "not running with handler kata-qemu-snp"),
-        ({"handlers": {"kata-qemu-snp": {**SNP_HANDLER, "snapshotter": "nydus-for-kata-tee"}}}, "pulls images in the guest"),
+        ({"handlers": {"kata-qemu-snp": {**SNP_HANDLER, "snapshotter": "nydus-for-kata-tee"}}}, "through the snapshotter"),
     ],
 )
 def test_preconditions(tmp_path, kw, says):
@@ -340,27 +440,30 @@ def test_no_initdata_and_an_unreachable_kbs(tmp_path, fake_kbs):
 # ------------------------------------------------------------------ outcomes in the lab
 
 
-def test_lab_pass_is_the_denial_with_exactly_what_was_simulated(tmp_path):
-    node = Node(exit_code=83)
+def test_lab_pass_is_the_denial_with_each_simulated_step_named(tmp_path):
+    node = Node(exit_code=LAB_EXIT)
     result = check(context(tmp_path, node, lab=True))
     assert result.status == "pass", result
     assert result.simulated == att.LAB_SIMULATED
     path = FakeKbs.instances[0].log[0][1]
     assert result.detail == (
         "lab: the smoke container ran through kata-qemu-snp (io.containerd.kata-qemu-snp.v2), shim "
-        "/usr/local/bin/containerd-shim-kata-qemu-snp-v2; it asked the CDH endpoint for the fresh resource "
-        f"{path}, the KBS denied it to sample evidence (403 PolicyDeny) as the strict policy requires, and the "
-        "container rejected the token's TEE type sample (not snp); resource deleted; smoke container removed"
+        "/usr/local/bin/containerd-shim-kata-qemu-snp-v2 with cc_init_data as its only Kata annotation; it asked the "
+        f"CDH endpoint for the fresh resource {path}, and the KBS denied it (PolicyDeny) to a token of TEE type sample, "
+        "as the strict policy requires (it releases that path only to snp evidence); resource deleted; smoke container removed"
     )
     assert FakeKbs.instances[0].lab is True and FakeKbs.instances[0].resources == {}
     assert "--netns-pid" in node.scripts[0] and "--runtime-config-path" not in node.scripts[0]
-    for words in ("no TEE", "runc", "sample evidence only", "Not exercised: snp/tdx evidence", "token of TEE type snp/tdx",
-                  "release of the resource to a TEE guest"):  # fmt: skip
-        assert words in att.LAB_SIMULATED
+    steps = dict(att.LAB_STEPS)
+    assert set(steps) == {"seed", "handler", "guest", "measurement", "image", "initdata", "cdh", "evidence", "gpu", "cleanup"}
+    for step, what in steps.items():
+        assert f"{step}: {what}" in result.simulated
+        assert what.startswith(("real:", "SIMULATED:")), step
+    assert [s for s, w in att.LAB_STEPS if w.startswith("real:")] == ["seed", "handler", "cleanup"]
 
 
 def test_lab_release_to_sample_evidence_fails(tmp_path):
-    result = check(context(tmp_path, Node(exit_code=att.encode_verdict(0, 3)), lab=True))
+    result = check(context(tmp_path, Node(exit_code=att.encode_verdict(0, 0)), lab=True))
     assert result.status == "fail" and "released the fresh resource to sample (non-TEE) evidence" in result.detail
     assert "remove kbs_lab_permissive" in result.hint and result.simulated == att.LAB_SIMULATED
 
@@ -369,8 +472,8 @@ def test_lab_release_to_sample_evidence_fails(tmp_path):
     "events",
     [
         lambda p: lab_events(p, outcome="error", status=401, kind="TokenVerifierError"),  # not a policy decision
-        lambda p: lab_events("ccfactory-verify/attestation-smoke/other-00", outcome="denied"),  # another resource
-        lambda p: lab_events(p)[:2],  # no token issued
+        lambda p: lab_events("ccfactory-verify/attestation-smoke-snp/other-00", outcome="denied"),  # another resource
+        lambda p: lab_events(p, tees=()),  # no token's TEE recorded
         lambda p: [],  # the stand-in never got a request
     ],
 )
@@ -381,7 +484,7 @@ def test_lab_denial_must_be_a_policy_denial_of_this_resource(tmp_path, events):
                 self.cdh_events = events(re.search(r"--env RES=(\S+)", command)[1])
             return super().__call__(command)
 
-    result = check(context(tmp_path, Lab(exit_code=83), lab=True))
+    result = check(context(tmp_path, Lab(exit_code=LAB_EXIT), lab=True))
     assert result.status == "fail" and "lab CDH stand-in" in result.detail and result.simulated == att.LAB_SIMULATED
 
 
@@ -418,45 +521,77 @@ class FakeCdh:
         self.server.server_close()
 
 
-def ear(*tees: str) -> bytes:
-    claims = {"submods": {"cpu0": {"ear.status": "affirming", "ear.veraison.annotated-evidence":
-              {**{t: {"measurement": "x"} for t in tees}, "runtime_data_claims": {"nonce": "n"}}}}}  # fmt: skip
-    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
-    token = f"{enc({'alg': 'ES256'})}.{enc(claims)}.c2ln"
-    return json.dumps({"token": token, "tee_keypair": "-----BEGIN PRIVATE KEY-----..."}).encode()
-
-
 def workload(busybox: Path, cdh_url: str, expect: bytes, tee: str = "snp", wait: int = 2) -> int:
-    env = {"PATH": str(busybox), "RES": "ccfactory-verify/attestation-smoke/w1-00", "EXPECT": hashlib.sha256(expect).hexdigest(),
+    env = {"PATH": str(busybox), "RES": "ccfactory-verify/attestation-smoke-snp/w1-00", "EXPECT": hashlib.sha256(expect).hexdigest(),
            "TEE": tee, "WAIT": str(wait), "CDH": cdh_url}  # fmt: skip
     r = subprocess.run([str(busybox / "sh"), "-c", att.WORKLOAD], env=env, capture_output=True, text=True, timeout=60)
     assert r.stdout == "", "the workload prints nothing (the host may not read a confidential container's output)"
     return r.returncode
 
 
-RES = "/cdh/resource/ccfactory-verify/attestation-smoke/w1-00"
+RES = "/cdh/resource/ccfactory-verify/attestation-smoke-snp/w1-00"
 
 
 @pytest.mark.parametrize(
-    ("answers", "tee", "verdict"),
+    ("answers", "verdict"),
     [
-        ({RES: (200, b"v" * 32), "/aa/token": (200, ear("snp"))}, "snp", (0, 0)),
-        ({RES: (200, b"v" * 32), "/aa/token": (200, ear("tdx"))}, "tdx", (0, 0)),
-        ({RES: (200, b"w" * 32), "/aa/token": (200, ear("snp"))}, "snp", (3, 0)),
-        ({RES: (500, b"denied"), "/aa/token": (200, ear("snp"))}, "snp", (2, 0)),
-        ({RES: (200, b"v" * 32), "/aa/token": (200, ear("sample"))}, "snp", (0, 3)),
-        ({RES: (200, b"v" * 32), "/aa/token": (200, ear("snp", "sample"))}, "snp", (0, 3)),
-        ({RES: (200, b"v" * 32), "/aa/token": (200, ear("tdx"))}, "snp", (0, 4)),
-        ({RES: (200, b"v" * 32), "/aa/token": (404, b"")}, "snp", (0, 1)),
-        ({RES: (200, b"v" * 32), "/aa/token": (200, b'{"token": "not-a-jwt"}')}, "snp", (0, 2)),
+        ({RES: (200, b"v" * 32)}, 0),
+        ({RES: (200, b"w" * 32)}, 3),
+        ({RES: (500, b"denied")}, 2),
+        ({RES: (404, b"Resource Feature Not Enabled")}, 2),
     ],
 )
-def test_workload_verdicts(busybox, answers, tee, verdict):
+def test_workload_verdicts(busybox, answers, verdict):
     cdh = FakeCdh(answers)
     try:
-        assert att.decode_verdict(workload(busybox, cdh.url, b"v" * 32, tee)) == verdict
+        assert att.decode_verdict(workload(busybox, cdh.url, b"v" * 32)) == (verdict, 0)
     finally:
         cdh.close()
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def _recorded_conf_compute() -> list[tuple[str, str]]:
+    """(name, text) of each recorded `nvidia-smi conf-compute -f/-grs/-e` answer (driver 580.159.04),
+    and every combination of their values, written the way the recordings print them."""
+    from ccfactory.parsers.nvidia import parse_conf_compute
+
+    out = []
+    for gpu in ("nvidia-h100-real", "nvidia-h200-real"):
+        text = (FIXTURES / gpu / "conf-compute.txt").read_text()
+        blocks = re.findall(r"^\$ nvidia-smi conf-compute (-f|-grs|-e)\n(.*?)^\[rc=", text, re.M | re.S)
+        recorded = "".join(body for _, body in blocks)
+        status = parse_conf_compute(recorded)
+        assert status.cc_status and status.ready_state and status.environment, gpu
+        out.append((f"{gpu} as recorded", recorded))
+        for cc in ("ON", "OFF"):
+            for ready in ("ready", "not-ready"):
+                for env in ("PRODUCTION", "UNAVAILABLE"):
+                    variant = (recorded.replace(f"CC status: {status.cc_status}", f"CC status: {cc}")
+                               .replace(f"Ready state: {status.ready_state}", f"Ready state: {ready}")
+                               .replace(f"CC Environment: {status.environment}", f"CC Environment: {env}"))  # fmt: skip
+                    out.append((f"{gpu} {cc}/{ready}/{env}", variant))
+    return out
+
+
+@pytest.mark.parametrize(("name", "text"), _recorded_conf_compute(), ids=lambda v: v if " " in str(v)[:40] else "")
+def test_the_in_guest_gpu_verdict_agrees_with_the_parser(busybox, tmp_path, name, text):
+    """The guest judges `nvidia-smi conf-compute` in shell (its output may not leave the guest);
+    ccfactory.parsers.nvidia.parse_conf_compute, correct on the real recordings, is the oracle."""
+    from ccfactory.parsers.nvidia import parse_conf_compute
+
+    status = parse_conf_compute(text)
+    want = 0 if (status.cc_on and status.gpus_ready and status.production) else (
+        3 if not status.cc_on else 4 if not status.gpus_ready else 5)  # fmt: skip
+    (tmp_path / "cc").write_text(text)
+    r = subprocess.run([str(busybox / "sh"), "-c", att.WORKLOAD], env={"PATH": str(busybox), "CC_FILE": str(tmp_path / "cc")},
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == want, (name, r.stderr)
+
+
+def test_workload_asks_only_for_the_resource():
+    assert "/cdh/resource/$RES" in att.WORKLOAD and "/aa/" not in att.WORKLOAD
 
 
 def test_workload_waits_for_the_endpoint_then_gives_up(busybox):
@@ -465,7 +600,7 @@ def test_workload_waits_for_the_endpoint_then_gives_up(busybox):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert att.decode_verdict(workload(busybox, f"http://127.0.0.1:{port}", b"v", wait=2)) == (1, 1)
+    assert att.decode_verdict(workload(busybox, f"http://127.0.0.1:{port}", b"v", wait=2)) == (1, 0)
 
 
 # ------------------------------------------------------------------ the fleet for CheckContext

@@ -32,8 +32,11 @@ def test_parse_version(text, expected):
 
 
 def test_kata_requirement_sources():
-    assert spec.kata_requirement("4.1.0").min_containerd == "2.2"
-    assert spec.kata_requirement("4.9.9").min_containerd == "2.2"  # by major
+    # 4.1.0's own versions.yaml (externals.containerd.minimum), not a PR merged after the tag
+    req = spec.kata_requirement("4.1.0")
+    assert req.min_containerd == "1.7" and "4.1.0:versions.yaml" in req.source
+    assert spec.kata_requirement("4.2.0").min_containerd == "2.2"
+    assert spec.kata_requirement("4.9.9").min_containerd == "1.7"  # by major
     req = spec.kata_requirement("4.1.0-ccfactory-lab.1", {"containerd": "1.6"})
     assert req.min_containerd == "1.6" and "own metadata" in req.source
 

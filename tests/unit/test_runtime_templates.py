@@ -35,7 +35,9 @@ def test_guest_pull_adds_the_snapshotter_v3_and_v2():
     assert v3["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["kata-qemu-snp"]["snapshotter"] == "nydus-for-kata-tee"
     assert v3["plugins"]["io.containerd.cri.v1.images"]["runtime_platforms"]["kata-qemu-snp"]["snapshotter"] == "nydus-for-kata-tee"
     assert v3["plugins"]["io.containerd.cri.v1.images"]["disable_snapshot_annotations"] is False
-    assert v3["proxy_plugins"]["nydus-for-kata-tee"] == {"type": "snapshot", "address": spec.NYDUS_ADDRESS}
+    assert v3["proxy_plugins"]["nydus-for-kata-tee"] == {
+        "type": "snapshot", "address": spec.NYDUS_ADDRESS, "exports": {"root": "/var/lib/nydus-for-kata-tee"}
+    }
     v2 = tomllib.loads(cc.render_dropin(hs, 2, guest_pull=True))
     assert v2["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["disable_snapshot_annotations"] is False
 

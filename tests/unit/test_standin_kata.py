@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import re
 import tomllib
 from pathlib import Path
 
@@ -97,3 +98,43 @@ def test_metadata_declares_its_containerd_minimum(tmp_path):
     path.write_bytes(artifacts.tarball_bytes(kata_static.standin()))
     assert tarball_requires(str(path)) == {"containerd": "1.6"}
     assert tarball_requires(str(tmp_path / "x.tar.zst")) is None
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "runtime.md"
+_SETTING = re.compile(r"^`(?P<key>[a-z_.]+)` = `(?P<value>.+)` on (?P<shims>[a-z0-9, -]+)$")
+
+
+def _contract_rows() -> list[list[str]]:
+    section = DOCS.read_text().split("## Kata stand-in contract", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    return [r for r in rows if r[0] != "behaviour"]
+
+
+def test_contract_table_rows_cite_upstream_and_name_a_real_test():
+    rows = _contract_rows()
+    assert len(rows) >= 25
+    root = Path(__file__).resolve().parents[2]
+    for behaviour, upstream, _standin, test in rows:
+        assert upstream == "—" or upstream.startswith("`kata-containers@4.1.0:"), behaviour
+        path, _, name = test.split("`")[1].partition("::")
+        assert (root / path).is_file(), test
+        if name:
+            assert re.search(rf"^def {re.escape(name)}\(", (root / path).read_text(), re.M), test
+
+
+def test_standin_matches_the_contract_table(tree):
+    checked = 0
+    for behaviour, *_ in _contract_rows():
+        m = _SETTING.match(behaviour)
+        if not m:
+            continue
+        want = tomllib.loads(f"v = {m['value']}")["v"]
+        section, key = m["key"].rsplit(".", 1)
+        for shim in (s.strip() for s in m["shims"].split(",")):
+            doc = tomllib.loads((tree / f"share/defaults/kata-containers/configuration-{shim}.toml").read_text())
+            table = doc
+            for part in section.split("."):
+                table = table[part]
+            assert table.get(key) == want, f"{shim}: {m['key']} is {table.get(key)!r}, Kata 4.1.0 ships {want!r}"
+            checked += 1
+    assert checked >= 60

@@ -13,8 +13,16 @@ Two ways to reach containerd (kata-deploy does the same, ``runtime/manager.rs``
   the file's header line ``# ccfactory-handlers: ...``. The operator's original file is kept
   once as ``config.toml.ccfactory-orig``.
 
-Config version: 3 for containerd 2.x (CRI runtime plugin ``io.containerd.cri.v1.runtime``),
-2 for 1.x (``io.containerd.grpc.v1.cri``).
+Config version and plugin ids follow the **root** config (``/etc/containerd/config.toml``), as
+kata-deploy does (``get_containerd_pluginid``, kata-containers@4.1.0:
+tools/packaging/kata-deploy/binary/src/runtime/containerd.rs:93-107): containerd 2.x refuses a
+drop-in whose version is higher than the root's (containerd@v2.3.4:
+cmd/containerd/server/config/config.go:475-481) and migrates a lower one, plugin by plugin
+(config.go:483-506; the CRI runtime plugin moves ``io.containerd.grpc.v1.cri`` to
+``io.containerd.cri.v1.runtime``, plugins/cri/runtime/plugin.go:204-219). So an operator's
+version-2 root gets a version-2 drop-in with version-2 plugin ids; a version 3 or 4 root gets
+the split CRI plugins (``CRI_PLUGIN_BY_VERSION``). A node without a root config gets one of the
+version ``containerd config default`` of its containerd writes (2 for 1.x, 3 from 2.0).
 
 Example::
 
@@ -45,6 +53,16 @@ HANDLERS_MARK = "# ccfactory-handlers:"
 V2_CRI = "io.containerd.grpc.v1.cri"
 V3_RUNTIME = "io.containerd.cri.v1.runtime"
 SOURCE = "runtime stage"
+LEGACY_CRI = "cri"
+# root config version -> CRI runtime plugin id (kata-deploy containerd.rs:30-35, 93-107);
+# versions 3 and 4 both split the CRI plugin (version 4 only moves server settings:
+# containerd@v2.3.4:cmd/containerd/server/config/config.go:48-54)
+CRI_PLUGIN_BY_VERSION = {1: LEGACY_CRI, 2: V2_CRI, 3: V3_RUNTIME, 4: V3_RUNTIME}
+V3_IMAGES = "io.containerd.cri.v1.images"
+
+
+class RootConfigError(ValueError):
+    """The operator's root config cannot take ccfactory's handlers (message names the fix)."""
 
 
 @dataclass(frozen=True)
@@ -71,31 +89,98 @@ class Handler:
 
 
 def runtime_plugin(config_version: int) -> str:
-    return V3_RUNTIME if config_version >= 3 else V2_CRI
+    if config_version not in CRI_PLUGIN_BY_VERSION:
+        raise RootConfigError(
+            f"containerd config version {config_version} is not one ccfactory knows "
+            f"({', '.join(map(str, CRI_PLUGIN_BY_VERSION))}); fix: set `version` in {MAIN_CONFIG} to one of them"
+        )
+    return CRI_PLUGIN_BY_VERSION[config_version]
+
+
+def root_version(main_current: str | None, default: int) -> int:
+    """The version the root config has (or will have): its ``version`` key; a file without one
+    is version 1 to containerd (containerd@v1.7.29:services/server/config/config.go:91-95;
+    v2.3.4 migrates it from 1); no file or an empty one: ``default`` (ccfactory writes it).
+
+    >>> root_version('version = 2\n[plugins]\n', 3), root_version(None, 3), root_version('root = "/x"\n', 3)
+    (2, 3, 1)
+    """
+    if main_current is None or not main_current.strip():
+        return default
+    try:
+        doc = tomllib.loads(main_current)
+    except tomllib.TOMLDecodeError as exc:
+        raise RootConfigError(f"{MAIN_CONFIG} is not valid TOML ({exc}); fix: repair it (containerd would not start either)") from exc
+    version = doc.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RootConfigError(f"{MAIN_CONFIG}: version = {version!r} is not an integer; fix: set version = 2 or 3")
+    return max(version, 1)
+
+
+def root_config_problem(main_current: str | None, drop_in: bool, config_version: int) -> str:
+    """Why the operator's root config cannot take ccfactory's handlers ("" when it can)."""
+    try:
+        desired_files(drop_in=drop_in, main_current=main_current, dropin_current=None, default_config="",
+                      handlers=(), config_version=config_version)
+    except RootConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def dropin_document(handlers: Sequence[Handler], config_version: int, guest_pull: bool = False) -> dict:
+    """The drop-in as data: version and plugin ids of ``config_version`` (the root's)."""
+    plugin = runtime_plugin(config_version)
+    runtimes = {}
+    for h in handlers:
+        table: dict = {
+            "runtime_type": h.runtime_type,
+            "runtime_path": h.runtime_path,
+            "privileged_without_host_devices": True,
+            "pod_annotations": list(h.pod_annotations),
+            "container_annotations": list(h.container_annotations),
+        }
+        if h.snapshotter:
+            table["snapshotter"] = h.snapshotter
+        table["options"] = {"ConfigPath": h.config_path}
+        runtimes[h.name] = table
+    plugins: dict = {plugin: {"containerd": {"runtimes": runtimes}}}
+    doc: dict = {"version": config_version, "plugins": plugins}
+    if guest_pull:
+        # kata-deploy configure_nydus_snapshotter (snapshotters.rs:164-199) and, for split CRI
+        # plugins, runtime_platforms.<handler>.snapshotter (containerd.rs:276-300)
+        if plugin == V3_RUNTIME:
+            images = plugins.setdefault(V3_IMAGES, {})
+            images["disable_snapshot_annotations"] = False
+            images["runtime_platforms"] = {h.name: {"snapshotter": h.snapshotter} for h in handlers if h.snapshotter}
+        else:
+            plugins[plugin]["containerd"]["disable_snapshot_annotations"] = False
+        doc["proxy_plugins"] = {
+            spec.NYDUS_SNAPSHOTTER: {"type": "snapshot", "address": spec.NYDUS_ADDRESS, "exports": {"root": spec.NYDUS_ROOT}}
+        }
+    return doc
 
 
 def render_dropin(handlers: Sequence[Handler], config_version: int, guest_pull: bool = False, overlays: Sequence[str] = ()) -> str:
     """ccfactory's containerd TOML for ``handlers`` (template ``runtime/containerd-kata.toml.j2``)."""
-    snapshotter = {"name": spec.NYDUS_SNAPSHOTTER, "address": spec.NYDUS_ADDRESS} if guest_pull else None
+    document = dropin_document(handlers, config_version, guest_pull)
     return render(
         "runtime/containerd-kata.toml.j2",
         overlays,
         config_version=config_version,
         runtime_plugin=runtime_plugin(config_version),
         handlers=list(handlers),
-        snapshotter=snapshotter,
+        document=document,
         ccfactory_source=SOURCE,
     )
 
 
 def _runtimes(doc: dict) -> dict:
     plugins = doc.get("plugins", {})
-    for plugin in (V3_RUNTIME, V2_CRI):
+    for plugin in (V3_RUNTIME, V2_CRI, LEGACY_CRI):
         runtimes = plugins.get(plugin, {}).get("containerd", {}).get("runtimes")
         if isinstance(runtimes, dict):
             return runtimes
-    legacy = plugins.get("cri", {}).get("containerd", {}).get("runtimes")
-    return legacy if isinstance(legacy, dict) else {}
+    return {}
 
 
 def handlers_in(doc: dict) -> dict[str, dict]:
@@ -248,11 +333,20 @@ def desired_files(
 ) -> ConfigFiles:
     """Everything the node's containerd config should be (pure)."""
     if drop_in:
+        # the drop-in follows the root config's version (``config_version``: what ccfactory writes
+        # when there is no root config yet)
+        version = root_version(main_current, config_version)
         files: dict[str, str | None] = {
-            DROPIN: render_dropin(handlers, config_version, guest_pull, overlays),
+            DROPIN: render_dropin(handlers, version, guest_pull, overlays),
             MAIN_CONFIG: main_config_importing(main_current, DROPIN, config_version),
         }
         return ConfigFiles(files, "drop-in")
+    if root_version(main_current, config_version) == 1 and main_current and main_current.strip():
+        raise RootConfigError(
+            f"{MAIN_CONFIG} is a version 1 config (no `version` key, or version = 1) and this containerd "
+            "1.x cannot import a version 2 one; fix: run `containerd config migrate` (containerd >= 1.7) or "
+            "add `version = 2` with io.containerd.* plugin ids, then re-run"
+        )
     main = main_config_with_handlers(main_current, default_config, handlers, config_version, guest_pull, overlays)
     files = {MAIN_CONFIG: main}
     if dropin_current is not None:

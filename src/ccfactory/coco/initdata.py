@@ -38,10 +38,14 @@ from dataclasses import dataclass, field
 
 import tomli_w
 
+from ccfactory.validate import resource_uri_problem, url_problem
 from ccfactory.templating import render
 
 INITDATA_VERSION = "0.1.0"
 ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
+# Kata appends this annotation's value to the guest kernel command line, which SNP measures
+# (kernel-hashes=on, kata-containers@4.1.0:src/runtime/pkg/govmm/qemu/qemu.go:443): ccfactory
+# never sets it; guests get their settings from initdata only.
 KERNEL_PARAMS_ANNOTATION = "io.katacontainers.config.hypervisor.kernel_params"
 ALGORITHM_FOR_TEE = {"snp": "sha256", "tdx": "sha384"}
 PLATFORM_DIGEST_BYTES = {"snp": 32, "tdx": 48}  # HOST_DATA, MRCONFIGID
@@ -67,7 +71,9 @@ class CocoSettings:
     ``kbs_url``: the KBS the guests attest to; ``kbs_cert``: PEM of the CA that signed the
     KBS's TLS certificate (empty: system CAs); ``credentials``: resources fetched at start;
     ``image_security_policy_uri``: ``kbs:///...`` of the image signature policy, if any;
-    ``policy``: agent policy (Rego) text; empty for ccfactory's default.
+    ``policy``: agent policy (Rego) text; empty for ccfactory's default;
+    ``coco_as_url``: a separate attestation service for ``coco_as`` tokens (empty: none, the
+    KBS runs Trustee's built-in AS; aa.toml then has no ``[token_configs.coco_as]``).
     """
 
     kbs_url: str
@@ -75,6 +81,7 @@ class CocoSettings:
     credentials: tuple[Credential, ...] = ()
     image_security_policy_uri: str = ""
     policy: str = ""
+    coco_as_url: str = ""
     overlays: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -86,7 +93,6 @@ class Initdata:
     digest_hex: str  # algorithm(document), full length
     platform_digest: str  # base64 of the digest fitted to the TEE's field
     tee: str
-    kernel_params: str  # agent kernel parameters for the same KBS (legacy path)
 
     def summary(self) -> dict:
         """What workload owners need (written to the node and the run report)."""
@@ -96,7 +102,7 @@ class Initdata:
             "digest": self.digest_hex,
             "platform_digest_base64": self.platform_digest,
             "platform_field": {"snp": "HOST_DATA", "tdx": "MRCONFIGID"}.get(self.tee, ""),
-            "annotations": {ANNOTATION: self.annotation, KERNEL_PARAMS_ANNOTATION: self.kernel_params},
+            "annotations": {ANNOTATION: self.annotation},
         }
 
     def summary_json(self) -> str:
@@ -104,24 +110,27 @@ class Initdata:
 
 
 def _check_uri(uri: str, what: str) -> None:
-    if not uri.startswith("kbs:///"):
+    """``kbs:///<repository>/<type>/<tag>`` with each segment under the KBS path rule
+    (``ccfactory.config.RESOURCE_URI_RE``): no ``..``, no fourth or missing segment."""
+    if not isinstance(uri, str) or not uri.startswith("kbs:///"):
         raise InitdataError(f"{what} {uri!r} must be a kbs:///<repository>/<type>/<tag> URI")
-    parts = uri.removeprefix("kbs:///").split("/")
-    if len(parts) != 3 or not all(parts):
-        raise InitdataError(f"{what} {uri!r} must have exactly <repository>/<type>/<tag>")
+    if resource_uri_problem(uri):
+        raise InitdataError(f"{what} {uri!r} must have exactly <repository>/<type>/<tag> (letters, digits, '_', '-', '.')")
 
 
 def _validate(settings: CocoSettings) -> None:
     if not settings.kbs_url.startswith(("https://", "http://")):
         raise InitdataError(f"kbs_url {settings.kbs_url!r} is not an http(s) URL")
+    if bad := url_problem(settings.kbs_url, https_only=False, path=False):
+        raise InitdataError(f"kbs_url: {bad[0]}")
     if settings.kbs_cert and "-----BEGIN CERTIFICATE-----" not in settings.kbs_cert:
         raise InitdataError("the KBS CA certificate is not PEM (no BEGIN CERTIFICATE line)")
-    if "'''" in settings.kbs_cert:
-        raise InitdataError("the KBS CA certificate contains ''' and cannot be embedded")
     for c in settings.credentials:
         if not c.path.startswith(CREDENTIALS_PREFIX + "/"):
             raise InitdataError(f"credential path {c.path!r} must be under {CREDENTIALS_PREFIX}/ (CDH rule)")
         _check_uri(c.resource_uri, "credential resource_uri")
+    if settings.coco_as_url and (bad := url_problem(settings.coco_as_url, https_only=False, path=False)):
+        raise InitdataError(f"coco_as_url: {bad[0]}")
     if settings.image_security_policy_uri:
         _check_uri(settings.image_security_policy_uri, "image_security_policy_uri")
 
@@ -135,6 +144,7 @@ def render_parts(settings: CocoSettings) -> dict[str, str]:
         "kbs_cert": cert,
         "credentials": list(settings.credentials),
         "image_security_policy_uri": settings.image_security_policy_uri,
+        "coco_as_url": settings.coco_as_url.rstrip("/"),
     }
     parts = {
         "aa.toml": render("runtime/aa.toml.j2", settings.overlays, **ctx),
@@ -147,17 +157,6 @@ def render_parts(settings: CocoSettings) -> dict[str, str]:
         except tomllib.TOMLDecodeError as exc:
             raise InitdataError(f"rendered {name} is not valid TOML: {exc}") from None
     return parts
-
-
-def agent_kernel_params(settings: CocoSettings) -> str:
-    """Agent kernel parameters for the same KBS (Kata ``src/agent/src/config.rs``; the CDH reads
-    ``agent.aa_kbc_params`` as a fallback when no initdata is given)."""
-    return " ".join(
-        [
-            f"agent.aa_kbc_params=cc_kbc::{settings.kbs_url.rstrip('/')}",
-            "agent.guest_components_rest_api=resource",
-        ]
-    )
 
 
 def gzip_base64(text: str) -> str:
@@ -190,7 +189,6 @@ def render_initdata(settings: CocoSettings, tee: str, algorithm: str | None = No
         digest_hex=digest.hex(),
         platform_digest=base64.b64encode(platform_digest(digest, tee)).decode(),
         tee=tee,
-        kernel_params=agent_kernel_params(settings),
     )
 
 

@@ -37,6 +37,9 @@ POD_ANNOTATIONS = ("io.katacontainers.*",)
 CONTAINER_ANNOTATIONS = ("io.kubernetes.container.terminationMessage*",)
 NYDUS_SNAPSHOTTER = "nydus-for-kata-tee"  # kata-deploy's name (cc-stack.md §4.3)
 NYDUS_ADDRESS = "/run/nydus-for-kata-tee/containerd-nydus-grpc.sock"
+# kata-deploy sets proxy_plugins.<nydus>.exports.root = /var/lib/<nydus>
+# (kata-containers@4.1.0:tools/packaging/kata-deploy/binary/src/artifacts/snapshotters.rs:194-198)
+NYDUS_ROOT = "/var/lib/nydus-for-kata-tee"
 
 # RuntimeClass overheads (kata-deploy helm runtimeclasses.yaml; cc-stack.md §4.4)
 OVERHEAD = {
@@ -243,14 +246,17 @@ class ShimSettings:
     dial_timeout: int
     create_container_timeout: int
     snp_guest_policy: int = 0x30000
-    tdx_qgs_port: int = 4050
+    tdx_qgs_port: int = 0
+    force_guest_pull: bool = False
     enable_annotations: tuple[str, ...] = ()
     extra_kernel_params: tuple[str, ...] = ()
 
 
 FIRMWARE = {"snp": f"{KATA_PREFIX}/share/ovmf/AMDSEV.fd", "tdx": f"{KATA_PREFIX}/share/ovmf/OVMF.inteltdx.fd"}
-ANNOTATIONS = ("kernel_params", "default_vcpus", "default_memory", "cc_init_data")
-GPU_ANNOTATIONS = ("enable_iommu", "kernel_params", "kernel_verity_params", "default_vcpus", "default_memory", "cc_init_data")
+# Kata 4.1.0 DEFENABLEANNOTATIONS_COCO, the same list for every CoCo shim, GPU or not
+# (kata-containers@4.1.0:src/runtime/Makefile:235)
+ANNOTATIONS = ("enable_iommu", "kernel_params", "kernel_verity_params", "default_vcpus", "default_memory", "cc_init_data")
+GPU_ANNOTATIONS = ANNOTATIONS
 
 
 @dataclass(frozen=True)
@@ -264,11 +270,16 @@ class KataDefaults:
     timeout: int = 300  # agent dial / create container, CPU guests
     gpu_timeout: int = 1200  # GPU guests boot slowly (cold-plugged GPUs, CC attestation)
     snp_guest_policy: int = 0x30000  # QEMU's default: SMT allowed, debug off, migration agent off
-    tdx_qgs_port: int = 4050  # QGS vsock port (Intel DCAP default)
+    # 0: the QGS Unix socket /var/run/tdx-qgs/qgs.socket if it exists, else vsock 4050
+    # (kata-containers@4.1.0:src/runtime/pkg/govmm/qemu/qemu.go:53,541-552; Makefile:197 ships 0)
+    tdx_qgs_port: int = 0
     extra_kernel_params: tuple[str, ...] = field(default=())
 
 
-def shim_settings(shim: str, defaults: KataDefaults, extra_kernel_params: tuple[str, ...] = ()) -> ShimSettings:
+def shim_settings(shim: str, defaults: KataDefaults, extra_kernel_params: tuple[str, ...] = (),
+                  force_guest_pull: bool = False) -> ShimSettings:
+    """``force_guest_pull``: ``[runtime] experimental_force_guest_pull`` (the TEE guest pulls every
+    image itself; docs/attestation.md, "How the image reaches the guest")."""
     tee, gpu = shim_tee(shim), is_gpu_shim(shim)
     return ShimSettings(
         shim=shim,
@@ -281,6 +292,7 @@ def shim_settings(shim: str, defaults: KataDefaults, extra_kernel_params: tuple[
         create_container_timeout=defaults.gpu_timeout if gpu else defaults.timeout,
         snp_guest_policy=defaults.snp_guest_policy,
         tdx_qgs_port=defaults.tdx_qgs_port,
+        force_guest_pull=force_guest_pull,
         enable_annotations=GPU_ANNOTATIONS if gpu else ANNOTATIONS,
         extra_kernel_params=tuple(defaults.extra_kernel_params) + tuple(extra_kernel_params),
     )

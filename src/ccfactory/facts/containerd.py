@@ -29,8 +29,26 @@ def _file(name: str, path: str) -> list[str]:
     return [f"if [ -f {p} ]; then {echo_marker(name)}; cat {p}; echo; else {echo_marker(name + '-missing')}; fi"]
 
 
-def probe_command(main: str = MAIN_CONFIG, dropin: str = DROPIN) -> str:
-    """The fact's shell command (also run by operations at execute time)."""
+def candidate_command(package_manager: str = "apt", package: str = "containerd") -> str:
+    """The distribution's candidate version of ``package``, read from the package manager's local
+    index only (read-only: a fact never refreshes it, also not under --dry). No index at all
+    prints the ``no-index`` marker: the role then decides (distros.toml ``containerd_archive``,
+    or a problem naming ``refresh_index``); the install operation refreshes the index.
+    ``package`` "" (distros.toml: the release has no such package): nothing to ask."""
+    if not package:
+        return "true"
+    p = shlex.quote(package)
+    if package_manager == "dnf":
+        # -C: cache only (dnf(8) --cacheonly); without a cache dnf fails instead of downloading
+        return (f"(dnf -C -q repoquery --latest-limit=1 --qf '%{{version}}' {p} 2>/dev/null "
+                f"|| {echo_marker('no-index')}) || true")  # fmt: skip
+    return (f"if ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then "
+            f"apt-cache policy {p} 2>/dev/null | sed -n 's/^ *Candidate: *//p'; else {echo_marker('no-index')}; fi")  # fmt: skip
+
+
+def probe_command(main: str = MAIN_CONFIG, dropin: str = DROPIN, package_manager: str = "apt",
+                  package: str = "containerd") -> str:
+    """The fact's shell command (also run by operations at execute time). Read-only."""
     parts = [
         echo_marker("version"),
         "containerd --version 2>/dev/null || true",
@@ -41,10 +59,7 @@ def probe_command(main: str = MAIN_CONFIG, dropin: str = DROPIN) -> str:
         echo_marker("enabled"),
         "systemctl is-enabled containerd 2>/dev/null || true",
         echo_marker("candidate"),
-        # a freshly installed node has no package index yet: without one, "the distribution
-        # offers no containerd" would be wrong, so read the index once (apt's own cache only)
-        "(ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq >/dev/null 2>&1; "
-        "apt-cache policy containerd 2>/dev/null | sed -n 's/^ *Candidate: *//p') || true",
+        candidate_command(package_manager, package),
         *_file("main", main),
         *_file("dropin", dropin),
         "if command -v containerd >/dev/null 2>&1; then "
@@ -76,6 +91,7 @@ class ContainerdState:
     active: bool = False
     enabled: bool = False
     candidate: str = ""  # the distribution's candidate version ("" when none)
+    index_missing: bool = False  # the package manager has no local index: the candidate is unknown
     main_config: str | None = None
     dropin: str | None = None
     dump: str = ""
@@ -144,7 +160,8 @@ def parse_probe(lines: list[str]) -> ContainerdState:
         binary=text("binary"),
         active=text("active") == "active",
         enabled=text("enabled") in ("enabled", "static", "alias"),
-        candidate="" if text("candidate") in ("", "(none)") else text("candidate"),
+        candidate="" if text("candidate") in ("", "(none)") else text("candidate").splitlines()[0].strip(),
+        index_missing="no-index" in sections,
         main_config=body("main"),
         dropin=body("dropin"),
         dump=dump,
@@ -161,8 +178,8 @@ def parse_probe(lines: list[str]) -> ContainerdState:
 class ContainerdRuntimes(FactBase):
     """containerd's version, service state, config files and effective runtime handlers."""
 
-    def command(self) -> str:
-        return probe_command()
+    def command(self, package_manager: str = "apt", package: str = "containerd") -> str:
+        return probe_command(package_manager=package_manager, package=package)
 
     def process(self, output: list[str]) -> ContainerdState:
         return parse_probe(output)

@@ -1,42 +1,50 @@
 """Attestation end to end: a confidential container gets a freshly seeded KBS resource through
-its guest's confidential data hub, and the attestation token is of the node's TEE type.
+its guest's confidential data hub; the KBS releases it only to a token of the node's TEE.
 
 ``attestation.end_to_end`` (stage ``attestation``; workers with a TEE and a ``kbs_url``):
 
 1. **Seed** (controller): 32 random bytes as a new resource
-   ``ccfactory-verify/attestation-smoke/<node>-<random>`` on the KBS, through the admin API
-   with the KBS host's admin key (found through ``CheckContext.fleet``: the inventory's
-   ``kbs`` host whose ``kbs_url`` the worker uses). Only its SHA-256 goes to the node.
+   ``ccfactory-verify/attestation-smoke-<tee>[-gpu]/<node>-<random>`` on the KBS, through the
+   admin API with the KBS host's admin key. ccfactory's strict resource policy releases a path
+   of that type only to a token whose ``cpu0`` evidence is of ``<tee>`` and, with ``-gpu``,
+   whose ``gpu0`` is affirming (``ccfactory.kbs.policy.smoke_binding_rules``). Only its SHA-256
+   goes to the node.
 2. **Run** (node, one shell command): a short-lived container through the node's Kata TEE
-   handler (``kata-qemu-snp`` / ``kata-qemu-tdx``, ``ccfactory.coco.spec``): ``ctr run`` with
-   the handler's ``runtime_type`` and ``ConfigPath`` as containerd's effective config has
-   them, the node's initdata (``io.katacontainers.config.hypervisor.cc_init_data``) and
-   ``agent.guest_components_rest_api=all`` (so the guest's ``/aa/token`` answers too). The
-   workload does what CoCo workloads do: ``GET http://127.0.0.1:8006/cdh/resource/<path>``
-   (guest-components ``api-server-rest``), hashes what it got, reads
-   ``/aa/token?token_type=kbs`` and looks at the token's evidence types.
-3. **Compare and check the TEE type** inside the guest: ccfactory's default Kata agent
-   policy denies reading a container's output (``ReadStreamRequest``), so the verdict
-   leaves the guest as the exit code only (``0``, or ``64 + 8*R + T``; see ``RESOURCE`` and
-   ``TOKEN``); no secret, hash or token leaves it.
-4. **Clean up**: the container (``ctr run --rm``, then a sweep) and the resource
-   (``DELETE`` through the admin API; a KBS that refuses gets it overwritten with random
-   bytes, and the result says so).
+   handler (``kata-qemu-<tee>``; on GPU nodes ``kata-qemu-nvidia-gpu-<tee>`` with the first
+   GPU's VFIO group): ``ctr run --null-io`` with the handler's ``runtime_type`` and
+   ``ConfigPath``. **Nothing changes what is measured**: the only Kata annotation is the node's
+   initdata (``cc_init_data``, measured: its digest is HOST_DATA/MRCONFIGID in the evidence);
+   the kernel command line, firmware, vCPUs and memory stay the handler's
+   (``measured_annotations``; tests/unit/test_attestation_check.py). The image reaches the guest
+   by guest pull: the runtime stage sets ``experimental_force_guest_pull`` on the TEE shims and the
+   check names the image the guest pulls (``io.kubernetes.cri.image-name``, read by Kata for
+   non-CRI containers: kata-containers@4.1.0:src/runtime/virtcontainers/kata_agent.go:1935-1967;
+   ``runtime_smoke_image``, by digest). docs/attestation.md says why. The shell is in
+   ``templates/verify/`` (``smoke.sh.j2``, ``smoke-image.sh.j2``, ``workload.sh.j2``), rendered
+   with the host's site overlays (``template_overlay_dirs``) first; every value reaches it
+   shell-quoted (``node_script``).
+3. **Verdict** inside the guest: the workload asks its CDH
+   (``GET http://127.0.0.1:8006/cdh/resource/<path>``, guest-components ``api-server-rest``
+   with the agent's default ``resource`` feature) and compares the SHA-256; ccfactory's agent
+   policy denies reading a container's output, so the verdict leaves the guest as the exit code
+   only (``0``, or ``64 + R``; see ``RESOURCE``). No secret or hash leaves it.
+4. **Clean up**: the container (``ctr run --rm``, then a sweep) and the resource (``DELETE``
+   through the admin API; a KBS that refuses gets it overwritten with random bytes, and the
+   result says so).
 
-The image is tiny (Debian's ``busybox-static``, ~1 MB): built on the node from the node's own
-apt sources (the lab's apt proxy in the lab) into an OCI archive and imported once into
-containerd namespace ``ccfactory-verify`` (``localhost/ccfactory/attestation-smoke:busybox-1``),
-which is its cache. Nothing else stays on the node.
+The host-side copy of the image (``ctr`` needs one to create the container; the guest never
+sees it) is Debian's ``busybox-static`` (~1 MB), built on the node from its own apt sources into
+an OCI archive and imported once into containerd namespace ``ccfactory-verify``.
 
 **In the lab** there is no TEE and no guest. The container still runs through the real
-containerd and the Kata handler (the kata-static stand-in's shim hands it to runc); the
-guest's CDH/AA endpoint is the lab stand-in ``ccfactory.lab.standins.cdh``, started in the
-container's network namespace for this container only, which can present ``sample``
-evidence only. The lab's verdict is therefore the negative one: the KBS must **deny** the
-fresh resource to that evidence (403 PolicyDeny, read from the stand-in's log) and the
-token must be recognised as ``sample``. Then the check passes with ``simulated`` saying
-exactly what was not exercised; if the KBS releases the resource to sample evidence, it
-fails, in the lab too. docs/attestation.md has the design and the sources.
+containerd and the Kata handler (the kata-static stand-in's shim hands it to runc); the guest's
+CDH endpoint is the lab stand-in ``ccfactory.lab.standins.cdh`` (``resource`` feature, as
+upstream's default), started in the container's network namespace for this container only,
+which can present ``sample`` evidence only. The lab's verdict is therefore the negative one: the
+KBS must **deny** the fresh resource (PolicyDeny, read from the stand-in's log) to a token of
+TEE type ``sample``. The report names each step and whether it was real or simulated
+(``LAB_STEPS``); if the KBS releases the resource to sample evidence, the check fails, in the
+lab too. docs/attestation.md has the design and the sources.
 
 Import this module to register the check (``ccfactory.roles.verify`` and the shipped suite).
 """
@@ -49,81 +57,77 @@ import json
 import re
 import secrets
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccfactory.coco import spec
-from ccfactory.coco.initdata import ANNOTATION, KERNEL_PARAMS_ANNOTATION
+from ccfactory.coco.initdata import ANNOTATION
+from ccfactory.kbs.policy import SMOKE_REPO, smoke_type
 from ccfactory.parsers.sections import echo_marker, split_sections
+from ccfactory.templating import TemplateOverlayError, render, site_overlays
 from ccfactory.verify.checks import CheckContext, Outcome, check, fail, ok
 
 CHECK_ID = "attestation.end_to_end"
 NAMESPACE = "ccfactory-verify"  # containerd namespace of the smoke image and container
 IMAGE_REF = "localhost/ccfactory/attestation-smoke:busybox-1"  # bump the suffix when the recipe changes
 CONTAINER_PREFIX = "ccfactory-attest-"
-SMOKE_REPO, SMOKE_TYPE = "ccfactory-verify", "attestation-smoke"
 INITDATA_JSON = "/etc/ccfactory/coco/initdata.json"
 INITDATA_ANNOTATION_FILE = "/etc/ccfactory/coco/initdata.annotation"
 TASK_STATE = "/run/containerd/io.containerd.runtime.v2.task"  # <ns>/<id>/shim-binary-path: the shim containerd started
-REST_API_ALL = "agent.guest_components_rest_api=all"  # /aa/token needs the attestation feature
+IMAGE_NAME_ANNOTATION = "io.kubernetes.cri.image-name"  # the image a force-guest-pull guest pulls (kata_agent.go:1943-1967)
+KATA_ANNOTATION_PREFIX = "io.katacontainers."
 APPLETS = ("sh", "wget", "sha256sum", "sed", "cut", "tr", "base64", "grep", "sleep", "cat", "rm", "printf")
 
-# The workload's verdict: exit 0, or 64 + 8 * R + T.
+# The workload's verdict: exit 0, or 64 + R.
 RESOURCE = {
     0: "the guest's CDH returned the fresh resource and its SHA-256 matches",
     1: "the guest's CDH endpoint (127.0.0.1:8006) never answered",
     2: "the guest's CDH answered an error for the fresh resource (the KBS denied it, or attestation failed)",
     3: "the guest's CDH returned different bytes than were seeded",
 }
-TOKEN = {
-    0: "the attestation agent's KBS token carries {tee} evidence and no sample evidence",
-    1: "the attestation agent's token endpoint (/aa/token?token_type=kbs) did not answer a token",
-    2: "the attestation agent's token is not a readable JWT",
-    3: "the attestation agent's token carries sample (non-TEE) evidence",
-    4: "the attestation agent's token carries no {tee} evidence",
+# GPU nodes (GPU=1): the guest's `nvidia-smi conf-compute -f -grs -e`, judged inside the guest
+# with the same rules as ccfactory.parsers.nvidia.parse_conf_compute (cc_on, gpus_ready,
+# production); tests/unit/test_attestation_check.py checks the two agree on the real recordings.
+GPU = {
+    0: "the guest's nvidia-smi conf-compute says CC status ON, GPUs ready, environment PRODUCTION",
+    1: "the guest has no nvidia-smi (the agent's CDI injection of nvidia.com/gpu=all did not happen)",
+    2: "nvidia-smi conf-compute failed in the guest",
+    3: "the guest's nvidia-smi conf-compute says CC status is not ON",
+    4: "the guest's nvidia-smi conf-compute says the GPUs are not ready (ready state not `ready`)",
+    5: "the guest's nvidia-smi conf-compute says the CC environment is not PRODUCTION",
 }
-LAB_EXPECTED = (2, 3)  # denied to sample evidence; token of type sample
+LAB_EXPECTED = (2, 0)  # denied to sample evidence; no GPU step in the lab (GPU=0)
+# the agent injects the guest's CDI devices listed here into the container (nvidia-smi and the
+# driver libraries on NVIDIA guests): kata-containers@4.1.0:src/agent/src/device/mod.rs:303-340
+CDI_ENV = ("VISIBLE_CDI_DEVICES", "nvidia.com/gpu=all")
 
-LAB_SIMULATED = (
-    "no TEE and no Kata guest in the lab: containerd and the Kata handler's runtime type and shim binary are real, "
-    "but the lab's kata-static stand-in shim ran the container with runc (no VM, initdata not measured, the "
-    "handler's ConfigPath not passed: runc's shim refuses Kata's runtime options); the guest's CDH/AA endpoint "
-    "(127.0.0.1:8006) was the lab stand-in ccfactory.lab.standins.cdh in the container's network namespace, which "
-    "has no TEE evidence and attests with sample evidence only; the KBS is the lab Trustee stand-in. Not "
-    "exercised: snp/tdx evidence, a token of TEE type snp/tdx, the release of the resource to a TEE guest"
+# Every step a real node runs, and what the lab did instead (the report names each one).
+LAB_STEPS = (
+    ("seed", "real: a fresh resource on the KBS (the lab Trustee stand-in) through its admin API"),
+    ("handler", "real: containerd created the container with the Kata handler's runtime type and shim binary"),
+    ("guest", "SIMULATED: no TEE, no VM: the kata-static stand-in's shim ran the container with runc "
+              "(the handler's ConfigPath not passed: runc's shim refuses Kata's options)"),
+    ("measurement", "SIMULATED: no launch measurement; the command line, firmware and sizing the check passes are "
+                    "still checked to be the handler's (cc_init_data is the only Kata annotation)"),
+    ("image", "SIMULATED: no guest pull: runc ran the node's busybox copy, not the image the guest would pull"),
+    ("initdata", "SIMULATED: initdata not measured; the CDH stand-in read the KBS settings from the container's "
+                 "cc_init_data annotation as a guest's CDH reads them"),
+    ("cdh", "SIMULATED: the guest's api-server-rest/CDH was the lab stand-in ccfactory.lab.standins.cdh in the "
+            "container's network namespace (resource feature only, as upstream's default)"),
+    ("evidence", "SIMULATED: sample evidence only (no snp/tdx report); the strict policy must deny it"),
+    ("gpu", "SIMULATED: no GPU passthrough and no gpu0 evidence"),
+    ("cleanup", "real: container and resource removed"),
 )
+LAB_SIMULATED = "; ".join(f"{step}: {what}" for step, what in LAB_STEPS)
 
-WORKLOAD = r"""R=1; T=1; n=0
-get() {
-  while :; do
-    if err=$(wget -q -O "$2" "$1" 2>&1); then return 0; fi
-    case "$err" in *"can't connect"*|*"onnection refused"*) ;; *) return 2 ;; esac
-    n=$((n + 1)); [ "$n" -ge "$WAIT" ] && return 1
-    sleep 1
-  done
-}
-E=${CDH:-http://127.0.0.1:8006}
-get "$E/cdh/resource/$RES" /tmp/r; rc=$?
-if [ "$rc" -eq 0 ]; then
-  if [ "$(sha256sum /tmp/r | cut -d' ' -f1)" = "$EXPECT" ]; then R=0; else R=3; fi
-else R=$rc; fi
-rm -f /tmp/r
-get "$E/aa/token?token_type=kbs" /tmp/t; rc=$?
-if [ "$rc" -eq 0 ]; then
-  jwt=$(sed -n 's/.*"token"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' /tmp/t)
-  case "$jwt" in *?.*?.*?) p=$(printf '%s' "$jwt" | cut -d. -f2 | tr '_-' '/+') ;; *) p='' ;; esac
-  case $((${#p} % 4)) in 2) p="$p==" ;; 3) p="$p=" ;; esac
-  c=$(printf '%s' "$p" | base64 -d 2>/dev/null)
-  case "$c" in "{"*) ;; *) c='' ;; esac
-  if [ -z "$c" ]; then T=2
-  elif printf '%s' "$c" | grep -q '"sample"[[:space:]]*:'; then T=3
-  elif printf '%s' "$c" | grep -q "\"$TEE\"[[:space:]]*:"; then T=0
-  else T=4; fi
-fi
-rm -f /tmp/t
-[ "$R" -eq 0 ] && [ "$T" -eq 0 ] && exit 0
-exit $((64 + R * 8 + T))
-"""
+def workload(overlays: Sequence[str] = ()) -> str:
+    """The in-guest workload (``templates/verify/workload.sh.j2``, site overlays first): run as
+    ``/bin/sh -c`` in the container; its verdict is the exit code (``RESOURCE``, ``GPU``)."""
+    return render("verify/workload.sh.j2", overlays)
+
+
+WORKLOAD = workload()  # the shipped workload (tests run it with busybox against a fake CDH)
 
 
 def _applies(cfg) -> bool:
@@ -133,18 +137,18 @@ def _applies(cfg) -> bool:
 # ------------------------------------------------------------------ verdict encoding
 
 
-def encode_verdict(resource: int, token: int) -> int:
-    return 0 if (resource, token) == (0, 0) else 64 + 8 * resource + token
+def encode_verdict(resource: int, gpu: int = 0) -> int:
+    return 0 if (resource, gpu) == (0, 0) else 64 + resource + 4 * gpu
 
 
 def decode_verdict(code: int | None) -> tuple[int, int] | None:
-    """(R, T) of the workload's exit code, or None when the code is not a verdict."""
+    """(R, G) of the workload's exit code, or None when the code is not a verdict."""
     if code == 0:
         return 0, 0
-    if code is None or not 64 <= code < 64 + 8 * len(RESOURCE):
+    if code is None or not 65 <= code < 64 + 4 * len(GPU):
         return None
-    resource, token = divmod(code - 64, 8)
-    return (resource, token) if token in TOKEN else None
+    gpu, resource = divmod(code - 64, 4)
+    return resource, gpu
 
 
 # ------------------------------------------------------------------ the KBS (controller side)
@@ -192,10 +196,11 @@ def kbs_target(ctx: CheckContext) -> KbsTarget | str:
     )
 
 
-def smoke_path(node: str) -> str:
-    """A fresh resource path no workload uses: ``ccfactory-verify/attestation-smoke/<node>-<random>``."""
+def smoke_path(node: str, tee: str, gpu: bool) -> str:
+    """A fresh resource path no workload uses, bound by the strict policy to ``tee`` (and a GPU):
+    ``ccfactory-verify/attestation-smoke-<tee>[-gpu]/<node>-<random>``."""
     slug = re.sub(r"[^A-Za-z0-9_\-]", "-", node.split("/")[-1].lstrip("@")).strip("-") or "node"
-    return f"{SMOKE_REPO}/{SMOKE_TYPE}/{slug[:40]}-{secrets.token_hex(8)}"
+    return f"{SMOKE_REPO}/{smoke_type(tee, gpu)}/{slug[:40]}-{secrets.token_hex(8)}"
 
 
 def remove_resource(client, path: str) -> tuple[bool, str]:
@@ -227,135 +232,60 @@ class SmokePlan:
     env: dict[str, str]
     lab: bool
     timeout: int  # seconds for the whole ctr run
+    gpu: bool = False  # pass the first NVIDIA GPU's VFIO group (GPU shim; not in the lab)
     cdh_program: str = field(default="", repr=False)  # lab only: the CDH stand-in's source
 
 
-def _image_script() -> str:
-    q = shlex.quote
-    ns, ref = q(NAMESPACE), q(IMAGE_REF)
-    applets = " ".join(APPLETS)
-    index = (
-        '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",'
-        '"digest":"sha256:%s","size":%s,"platform":{"architecture":"%s","os":"linux"},'
-        '"annotations":{"io.containerd.image.name":"%s"}}]}'
-    )
-    return f"""
-if ! ctr -n {ns} images ls -q 2>/dev/null | grep -qxF {ref}; then
-  {echo_marker("image-build")}
-  B=$(mktemp -d /var/tmp/ccfactory-smoke-image.XXXXXX)
-  (
-    set -e
-    cd "$B"
-    if ! apt-get download busybox-static >apt.log 2>&1; then
-      echo "apt-get download busybox-static failed: $(tail -n 2 apt.log | tr '\\n' ' ')"; exit 1
-    fi
-    dpkg-deb -x busybox-static_*.deb deb
-    mkdir -p layer/bin layer/tmp layer/proc layer/sys layer/dev layer/etc layer/run oci/blobs/sha256
-    chmod 1777 layer/tmp
-    cp deb/bin/busybox layer/bin/busybox
-    for a in {applets}; do ln -s busybox "layer/bin/$a"; done
-    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C layer -cf layer.tar .
-    L=$(sha256sum layer.tar | cut -d' ' -f1); LS=$(stat -c %s layer.tar); mv layer.tar "oci/blobs/sha256/$L"
-    A=$(dpkg --print-architecture); case "$A" in ppc64el) A=ppc64le ;; armhf) A=arm ;; esac
-    printf '{{"architecture":"%s","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:%s"]}}}}' "$A" "$L" > config.json
-    C=$(sha256sum config.json | cut -d' ' -f1); CS=$(stat -c %s config.json); mv config.json "oci/blobs/sha256/$C"
-    printf '{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}}]}}' "$C" "$CS" "$L" "$LS" > manifest.json
-    M=$(sha256sum manifest.json | cut -d' ' -f1); MS=$(stat -c %s manifest.json); mv manifest.json "oci/blobs/sha256/$M"
-    printf {q(index)} "$M" "$MS" "$A" {ref} > oci/index.json
-    printf '{{"imageLayoutVersion":"1.0.0"}}' > oci/oci-layout
-    tar -C oci -cf image.tar oci-layout index.json blobs
-    ctr -n {ns} images import image.tar >/dev/null
-  ) > "$W/image.out" 2>&1
-  rc=$?
-  rm -rf "$B"
-  {echo_marker("image-build-exit", "$rc")}
-  tail -c 1500 "$W/image.out"
-fi"""
+def measured_annotations(plan: SmokePlan) -> dict[str, str]:
+    """The Kata (``io.katacontainers.*``) annotations the smoke container passes: what can change
+    the guest Kata starts. Only ``cc_init_data`` may be here (measured as initdata, bound into the
+    evidence); never ``kernel_params``, firmware, vCPUs or memory."""
+    return {k: v for k, v in plan.annotations.items() if k.startswith(KATA_ANNOTATION_PREFIX)}
 
 
-def node_script(plan: SmokePlan) -> str:
-    """The one shell command run on the node (as root): image, container, verdict, cleanup."""
+def node_script(plan: SmokePlan, overlays: Sequence[str] = ()) -> str:
+    """The one shell command run on the node (as root): image, container, verdict, cleanup.
+
+    The shell is ``templates/verify/smoke.sh.j2`` (with ``smoke-image.sh.j2`` and the workload,
+    ``workload.sh.j2``), rendered with the host's site ``overlays`` first. Every value reaches
+    the template already shell-quoted here (``shlex.quote``, ``echo_marker``) or as a number."""
     q = shlex.quote
-    ns, cid = q(NAMESPACE), q(plan.container_id)
     args = ["run", "--rm", "--null-io", "--runtime", plan.runtime_type]
     if plan.config_path:
         args += ["--runtime-config-path", plan.config_path]
     if plan.lab:
         args += ["--cpu-shares", "0"]  # lab nodes have no cgroup controllers (lab-recipe section 4)
+    if plan.gpu and not plan.lab:
+        args += ["--device", "/dev/vfio/@GROUP@"]  # replaced on the node: the first NVIDIA GPU's IOMMU group
     env_args = [a for k, v in sorted(plan.env.items()) for a in ("--env", f"{k}={v}")]
     ann_args = [a for k, v in sorted(plan.annotations.items()) for a in ("--annotation", f"{k}={v}")]
-    tail = [*env_args, IMAGE_REF, plan.container_id, "/bin/sh", "-c", WORKLOAD]
-    lines = [
-        "set -u",
-        f"NS={ns}; ID={cid}; H=''",
-        'W=$(mktemp -d /run/ccfactory-attest.XXXXXX)',
-        f"""sweep() {{
-  for c in $(ctr -n "$NS" containers ls -q 2>/dev/null | grep '^{CONTAINER_PREFIX}'); do
-    if [ "$c" = "$ID" ] || ! ctr -n "$NS" tasks ls 2>/dev/null | awk -v id="$c" '$1 == id && $3 != "STOPPED" {{f=1}} END {{exit !f}}'; then
-      ctr -n "$NS" tasks kill -s SIGKILL "$c" >/dev/null 2>&1; sleep 0.2
-      ctr -n "$NS" tasks rm -f "$c" >/dev/null 2>&1; ctr -n "$NS" containers rm "$c" >/dev/null 2>&1
-    fi
-  done
-}}""",
-        'cleanup() { [ -n "$H" ] && kill "$H" 2>/dev/null; sweep; rm -rf "$W"; }',
-        "trap cleanup EXIT HUP INT TERM",
-        "sweep",  # leftovers of an earlier, interrupted run (never a live one: only stopped or task-less)
-        _image_script(),
-        f"set -- {' '.join(q(a) for a in args)}",
-        f"if ctr run --help 2>&1 | grep -q -e '--annotation'; then set -- \"$@\" {' '.join(q(a) for a in ann_args)}; "
-        f"else {echo_marker('no-annotation')}; fi",
-        f"set -- \"$@\" {' '.join(q(a) for a in tail)}",
-        f'timeout {int(plan.timeout)} ctr -n "$NS" "$@" 2>"$W/ctr.err" &',
-        "C=$!; PID=''; i=0",
-        # the container record (what containerd ran it with) and, in the lab, the task's pid
-        f"""LAB={1 if plan.lab else 0}
-while [ "$i" -lt 600 ]; do
-  [ -s "$W/info.json" ] || ctr -n "$NS" containers info "$ID" > "$W/info.json" 2>/dev/null || rm -f "$W/info.json"
-  [ -n "$PID" ] || PID=$(ctr -n "$NS" tasks ls 2>/dev/null | awk -v id="$ID" '$1 == id && $3 == "RUNNING" {{print $2}}')
-  [ -s "$W/shim" ] || cat "{TASK_STATE}/$NS/$ID/shim-binary-path" > "$W/shim" 2>/dev/null || rm -f "$W/shim"
-  if [ -s "$W/info.json" ] && [ -s "$W/shim" ] && {{ [ "$LAB" = 0 ] || [ -n "$PID" ]; }}; then break; fi
-  kill -0 "$C" 2>/dev/null || break
-  i=$((i + 1)); sleep 0.1
-done""",
-    ]
+    tail = [*env_args, IMAGE_REF, plan.container_id, "/bin/sh", "-c", workload(overlays)]
+    lab = {}
     if plan.lab:
-        program = base64.b64encode(plan.cdh_program.encode()).decode()
-        lines += [
-            f"printf '%s' {q(program)} | base64 -d > \"$W/cdh.py\"",
-            f"""python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Spec"]["annotations"][sys.argv[2]])' \
-"$W/info.json" {q(ANNOTATION)} > "$W/initdata" 2>/dev/null && {echo_marker("initdata-source", "container-annotation")} \
-|| {{ cp {INITDATA_ANNOTATION_FILE} "$W/initdata" && {echo_marker("initdata-source", "node-file")}; }}""",
-            """if [ -n "$PID" ]; then
-  python3 "$W/cdh.py" --initdata-file "$W/initdata" --netns-pid "$PID" --log "$W/cdh.log" --ready-file "$W/ready" \\
-    --timeout %d > "$W/cdh.err" 2>&1 &
-  H=$!
-fi""" % (int(plan.timeout) + 30),
-        ]
-    lines += [
-        'wait "$C"; RC=$?',
-        echo_marker("exit", "$RC"),
-        echo_marker("ctr-stderr"),
-        'tail -c 2000 "$W/ctr.err"; echo',
-        echo_marker("info"),
-        'cat "$W/info.json" 2>/dev/null; echo',
-        echo_marker("shim"),
-        'cat "$W/shim" 2>/dev/null; echo',
-    ]
-    if plan.lab:
-        lines += [
-            'if [ -n "$H" ]; then kill "$H" 2>/dev/null; wait "$H" 2>/dev/null; fi; H=""',
-            echo_marker("cdh-log"),
-            'cat "$W/cdh.log" 2>/dev/null',
-            echo_marker("cdh-stderr"),
-            'tail -c 1500 "$W/cdh.err" 2>/dev/null; echo',
-        ]
-    lines += [
-        "cleanup; trap - EXIT HUP INT TERM",
-        echo_marker("leftover"),
-        'ctr -n "$NS" containers ls -q 2>/dev/null | grep -xF "$ID" || true',
-        "true",
-    ]
-    return "\n".join(lines) + "\n"
+        lab = {
+            "cdh_program_b64": q(base64.b64encode(plan.cdh_program.encode()).decode()),
+            "initdata_annotation": q(ANNOTATION),
+            "initdata_annotation_file": INITDATA_ANNOTATION_FILE,
+            "cdh_timeout": int(plan.timeout) + 30,
+        }
+    return render(
+        "verify/smoke.sh.j2",
+        overlays,
+        ns=q(NAMESPACE),
+        cid=q(plan.container_id),
+        ref=q(IMAGE_REF),
+        applets=" ".join(APPLETS),
+        container_prefix=CONTAINER_PREFIX,
+        task_state=TASK_STATE,
+        gpu_lookup=plan.gpu and not plan.lab,
+        run_args=[q(a).replace("@GROUP@", "$G") if "@GROUP@" in a else q(a) for a in args],
+        annotation_args=[q(a) for a in ann_args],
+        command_args=[q(a) for a in tail],
+        timeout=int(plan.timeout),
+        lab=plan.lab,
+        echo_marker=echo_marker,
+        **lab,
+    )
 
 
 @dataclass(frozen=True)
@@ -371,6 +301,7 @@ class SmokeRun:
     cdh_stderr: str
     initdata_source: str
     leftover: bool
+    gpu_missing: bool = False
 
 
 def parse_run(stdout: str) -> SmokeRun:
@@ -411,6 +342,7 @@ def parse_run(stdout: str) -> SmokeRun:
         cdh_stderr=text("cdh-stderr"),
         initdata_source=sections["initdata-source"].arg.strip() if "initdata-source" in sections else "",
         leftover=bool(text("leftover")),
+        gpu_missing="no-vfio-gpu" in sections,
     )
 
 
@@ -430,6 +362,9 @@ def judge(plan: SmokePlan, run: SmokeRun, path: str, cleanup: tuple[bool, str], 
         return fail(f"the smoke image could not be built on the node: {_tail(run.image_error)}",
                     hint="the node needs apt access to Debian/Ubuntu's busybox-static (its apt sources or your mirror)",
                     simulated=sim)  # fmt: skip
+    if run.gpu_missing:
+        return fail(f"{where}: no NVIDIA GPU bound to vfio-pci on the node, so the GPU guest would have no GPU",
+                    hint="run the gpu stage (it binds the GPUs to vfio-pci); check gpu.vfio_bound", simulated=sim)  # fmt: skip
     if not run.info_seen:
         why = _tail(run.ctr_stderr) or "no error text"
         return fail(f"containerd never created the smoke container through {where}: {why}",
@@ -453,32 +388,37 @@ def judge(plan: SmokePlan, run: SmokeRun, path: str, cleanup: tuple[bool, str], 
     if verdict is None:
         why = _tail(run.ctr_stderr) or "no error text"
         detail = f"the smoke container did not complete through {where} (ctr exit {run.exit}): {why}"
-        hint = ("check `journalctl -u containerd` and the TEE state (host.tee_active); Kata TEE shims share no filesystem "
-                "with the guest (shared_fs = none), so the image may need guest pull (runtime_guest_pull)")  # fmt: skip
+        hint = ("check `journalctl -u containerd` and the TEE state (host.tee_active); the guest pulls the image itself "
+                f"(experimental_force_guest_pull): check that it reaches {plan.annotations.get(IMAGE_NAME_ANNOTATION, '?')}")  # fmt: skip
         if plan.lab:
             standin = _tail(run.cdh_stderr, 300) or "no stand-in output"
             hint = f"check the lab node's containerd and the CDH stand-in: {standin}"
         return fail(detail + f"; {cleanup_text}", hint=hint, simulated=sim)
-    resource, token = verdict
-    said = f"{RESOURCE[resource]}; {TOKEN[token].format(tee=tee)}"
+    resource, gpu = verdict
+    binding = f"{tee}{' and an affirming gpu0' if plan.gpu else ''}"
+    said = RESOURCE[resource] + (f"; {GPU[gpu]}" if plan.gpu and not plan.lab else "")
     if plan.lab:
         return _judge_lab(plan, run, path, where, said, verdict, cleanup_text)
     if verdict == (0, 0):
-        return ok(f"{where}: {said}; {cleanup_text}; smoke container removed")
+        return ok(f"{where}: {said}: the KBS released {path} to a token whose cpu0 evidence is {binding} "
+                  f"(the strict policy binds the path to it); initdata was the only Kata annotation; {cleanup_text}; "
+                  "smoke container removed")  # fmt: skip
     hint = "check the KBS log (journalctl -u trustee-kbs) for why"
+    if resource == 0 and gpu:
+        hint = {1: "the guest found no NVIDIA CDI spec to inject: check the GPU guest (NVRC) and the GPU passthrough",
+                2: "nvidia-smi could not talk to the GPU inside the guest: check the GPU passthrough and the guest driver",
+                }.get(gpu, "run the gpu stage (gpu_cc_mode on) and check gpu.cc_mode; the guest sets the ready state "
+                           "itself (nvrc.smi.srs=1 in the GPU shim's kernel_params)")  # fmt: skip
     if resource == 1:
-        hint = ("the guest's api-server-rest did not come up: check the agent's guest_components_rest_api / "
-                "guest_components_procs kernel parameters and the initdata (runtime.initdata)")  # fmt: skip
+        hint = ("the guest's api-server-rest did not come up: check the guest's agent log and the initdata "
+                "(runtime.initdata)")  # fmt: skip
     elif resource == 2:
-        hint = ("the KBS or the attestation refused the guest: check the KBS log (journalctl -u trustee-kbs), the reference "
-                "values (kbs_reference_values)")  # fmt: skip
-        if target.gpu_gated:
+        hint = (f"the KBS or the attestation refused the guest: the policy releases this path only to {binding} "
+                "evidence; check the KBS log (journalctl -u trustee-kbs), the reference values (kbs_reference_values), "
+                "and that the kbs stage ran after this ccfactory version (it uploads the policy with the binding)")  # fmt: skip
+        if target.gpu_gated and not plan.gpu:
             hint += ("; this site's policy needs an affirming GPU for every resource (kbs_gpu_resources unset with GPU "
-                     "workers) and the smoke guest has no GPU: list your model paths in kbs_gpu_resources")  # fmt: skip
-    elif token in (1, 2):
-        hint = "the guest's attestation agent did not serve /aa/token: check the agent's guest_components_rest_api and initdata"
-    elif token in (3, 4):
-        hint = "the guest attested without the node's TEE: check the host stage (host.tee_active) and the Kata shim's config"
+                     "workers) and this node has no GPU: list your model paths in kbs_gpu_resources")  # fmt: skip
     return fail(f"{where}: {said}; {cleanup_text}", hint=hint)
 
 
@@ -490,20 +430,19 @@ def _judge_lab(plan: SmokePlan, run: SmokeRun, path: str, where: str, said: str,
                     hint="the resource policy must require TEE attestation: remove kbs_lab_permissive and run the kbs stage",
                     simulated=sim)  # fmt: skip
     resources = [e for e in run.cdh_events if e.get("event") == "resource" and e.get("path") == path]
-    tokens = [e for e in run.cdh_events if e.get("event") == "token"]
-    denied = any(e.get("outcome") == "denied" and e.get("kbs_status") == 403 and e.get("kbs_error") == "PolicyDeny"
-                 for e in resources)  # fmt: skip
-    sample_token = any(e.get("outcome") == "issued" and e.get("token_tees") == ["sample"] for e in tokens)
+    denied = [e for e in resources if e.get("outcome") == "denied" and e.get("kbs_error") == "PolicyDeny"]
+    sample_token = any(e.get("token_tees") == ["sample"] for e in denied)
     if verdict != LAB_EXPECTED or not denied or not sample_token:
-        seen = "; ".join(str(e.get("detail") or e.get("outcome")) for e in (*resources, *tokens)) or "no request reached it"
+        seen = "; ".join(str(e.get("detail") or e.get("outcome")) for e in resources) or "no request reached it"
         return fail(f"{where}: {said}; lab CDH stand-in: {_tail(seen, 300)}; {cleanup_text}",
-                    hint="expected in the lab: the KBS denies sample evidence (403 PolicyDeny) and the token is of type "
-                         "sample; run the kbs and runtime stages and check journalctl -u trustee-kbs on the KBS host",
+                    hint="expected in the lab: the KBS denies the resource (PolicyDeny) to a token of TEE type sample; "
+                         "run the kbs and runtime stages and check journalctl -u trustee-kbs on the KBS host",
                     simulated=sim)  # fmt: skip
     return ok(
-        f"lab: the smoke container ran through {where}; it asked the CDH endpoint for the fresh resource {path}, the KBS "
-        f"denied it to sample evidence (403 PolicyDeny) as the strict policy requires, and the container rejected the "
-        f"token's TEE type sample (not {plan.env['TEE']}); {cleanup_text}; smoke container removed",
+        f"lab: the smoke container ran through {where} with cc_init_data as its only Kata annotation; it asked the CDH "
+        f"endpoint for the fresh resource {path}, and the KBS denied it (PolicyDeny) to a token of TEE type sample, "
+        f"as the strict policy requires (it releases that path only to {plan.env['TEE']} evidence); {cleanup_text}; "
+        "smoke container removed",
         simulated=sim,
     )
 
@@ -513,19 +452,31 @@ def _judge_lab(plan: SmokePlan, run: SmokeRun, path: str, where: str, said: str,
 
 @check(CHECK_ID, stage="attestation", applies=_applies)
 def end_to_end(ctx: CheckContext) -> Outcome:
-    """A confidential container gets a fresh KBS resource through its guest's CDH, attested with the node's TEE."""
+    """A confidential container gets a fresh KBS resource through its guest's CDH, released only to the node's TEE."""
     from ccfactory.facts.containerd import ContainerdRuntimes
     from ccfactory.kbs.client import KbsClient
     from ccfactory.kbs.errors import KbsError, PkiError
 
     cfg = ctx.cfg
     sim = LAB_SIMULATED if cfg.lab else ""
+    gpu = cfg.gpu.count > 0
     shims, _ = spec.select_shims(cfg.tee, cfg.gpu.count, cfg.gpu.count, cfg.runtime.shims)
-    shim = spec.TEE_SHIMS[cfg.tee]
+    shim = (spec.GPU_SHIMS if gpu else spec.TEE_SHIMS)[cfg.tee]
     if shim not in shims:
-        return fail(f"the node has no CPU TEE handler {spec.handler_name(shim)} (runtime_shims {list(shims)})",
-                    hint=f"add {shim} to runtime_shims: the smoke container needs a TEE guest without a GPU", simulated=sim)  # fmt: skip
+        return fail(f"the node has no handler {spec.handler_name(shim)} (runtime_shims {list(shims)})",
+                    hint=f"add {shim} to runtime_shims: the smoke container runs in the node's "
+                         f"{'GPU ' if gpu else ''}TEE guest", simulated=sim)  # fmt: skip
+    image = cfg.runtime.smoke_image or (IMAGE_REF if cfg.lab else "")
+    if not image:
+        return fail("runtime_smoke_image is not set: the TEE guest pulls the smoke image itself and needs a registry "
+                    "reference it can reach",
+                    hint="set runtime_smoke_image = \"<registry>/<busybox image>@sha256:<digest>\" in the inventory "
+                         "(a busybox image with sh, wget, sha256sum; mirrored where your guests can pull it)")  # fmt: skip
     handler = spec.handler_name(shim)
+    try:  # the shell is templates/verify/*.sh.j2, with the host's site overlays first
+        overlays = site_overlays(cfg)
+    except TemplateOverlayError as exc:
+        return fail(str(exc), hint=exc.fix, simulated=sim)
     target = kbs_target(ctx)
     if isinstance(target, str):
         return fail(target, hint="run the check through deploy/verify.py or the shipped suite with the whole inventory",
@@ -535,23 +486,21 @@ def end_to_end(ctx: CheckContext) -> Outcome:
     if not (containerd.installed and containerd.active) or settings is None:
         return fail(f"containerd is not running with handler {handler}", hint="run the runtime stage", simulated=sim)
     if settings.get("snapshotter") and not cfg.lab:
-        return fail(f"{handler} pulls images in the guest (snapshotter {settings['snapshotter']}); the smoke image is built "
-                    "on the node and no registry the guest can reach holds it",
-                    hint="not supported by this check yet (follow-up: a smoke image reference guests can pull)")  # fmt: skip
+        return fail(f"{handler} pulls images in the guest through the snapshotter {settings['snapshotter']}, which "
+                    "needs image labels only the CRI sets; this check uses ctr with experimental_force_guest_pull",
+                    hint="run the check on a node without runtime_guest_pull (nydus), or check through Kubernetes")  # fmt: skip
     out = ctx.run(f"cat {INITDATA_JSON}")
     try:
-        annotations = json.loads(out.stdout)["annotations"]
-        initdata = annotations[ANNOTATION]
+        initdata = json.loads(out.stdout)["annotations"][ANNOTATION]
     except (ValueError, KeyError, TypeError):
         return fail(f"no initdata on the node ({INITDATA_JSON})", hint="run the runtime stage with kbs_url set", simulated=sim)
-    kernel_params = " ".join([annotations.get(KERNEL_PARAMS_ANNOTATION, ""), REST_API_ALL]).strip()
     try:
         client = KbsClient(target.url, ca_cert=target.ca_cert, admin_key=target.admin_key, lab=target.lab)
     except (KbsError, PkiError, OSError) as exc:
         return fail(f"KBS admin client for {target.host}: {exc}", hint="run the kbs stage (it makes the admin key on the controller)",
                     simulated=sim)  # fmt: skip
     value = secrets.token_bytes(32)
-    path = smoke_path(cfg.name)
+    path = smoke_path(cfg.name, cfg.tee, gpu)
     try:
         client.set_resource(path, value)
     except KbsError as exc:
@@ -562,15 +511,18 @@ def end_to_end(ctx: CheckContext) -> Outcome:
         handler=handler,
         runtime_type=settings.get("runtime_type") or spec.runtime_type(shim),
         config_path="" if cfg.lab else settings.get("config_path", ""),
-        annotations={ANNOTATION: initdata, KERNEL_PARAMS_ANNOTATION: kernel_params},
-        env={"RES": path, "EXPECT": hashlib.sha256(value).hexdigest(), "TEE": cfg.tee, "WAIT": "60" if cfg.lab else "180"},
+        annotations={ANNOTATION: initdata, IMAGE_NAME_ANNOTATION: image},
+        env={"RES": path, "EXPECT": hashlib.sha256(value).hexdigest(), "TEE": cfg.tee, "WAIT": "60" if cfg.lab else "180",
+             # GPU step only where a GPU guest runs (the lab's runc container has no GPU)
+             **({"GPU": "1", CDI_ENV[0]: CDI_ENV[1]} if gpu and not cfg.lab else {})},
         lab=cfg.lab,
-        timeout=180 if cfg.lab else cfg.runtime.kata_timeout + 300,
+        timeout=180 if cfg.lab else (cfg.runtime.kata_gpu_timeout if gpu else cfg.runtime.kata_timeout) + 300,
+        gpu=gpu,
         cdh_program=_lab_cdh_program() if cfg.lab else "",
     )
     del value
     try:
-        result = ctx.run(node_script(plan))
+        result = ctx.run(node_script(plan, overlays))
     finally:
         cleanup = remove_resource(client, path)
     run = parse_run(result.stdout)

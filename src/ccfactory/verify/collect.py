@@ -13,7 +13,7 @@ from pathlib import Path
 from pyinfra.api import StringCommand
 
 from ccfactory.verify.checks import CheckContext, CommandOutput, fleet_of, run_checks
-from ccfactory.verify.report import FleetReport, NodeReport, render_markdown
+from ccfactory.verify.report import FleetReport, NodeReport, ReferenceValues, load_report, render_markdown
 
 DEFAULT_REPORT_DIR = "reports"
 _ROLE_GROUPS = {"workers", "kbs", "snp", "tdx", "gpu", "all"}
@@ -38,6 +38,63 @@ def pyinfra_runner(host, sudo: bool):
         return CommandOutput(0 if ok else 1, output.stdout, "\n".join(output.stderr_lines))
 
     return run
+
+
+REFERENCE_SUMMARY = "reference-values.json"  # written by the kbs stage (roles/kbs) into the KBS host's pki_dir
+
+
+def reference_summary_paths(inventory) -> list[Path]:
+    """Where the kbs stage wrote each KBS host's ``reference-values.json`` (controller side)."""
+    from ccfactory.config import node_config
+    from ccfactory.kbs.settings import kbs_settings
+
+    try:  # the configs this run validated already (fleet_of keeps them on the inventory)
+        known = {name: (fh.cfg, fh.data) for name, fh in fleet_of(inventory).items()}
+    except Exception:  # noqa: BLE001 - then host by host, as below
+        known = {}
+    paths = []
+    for other in inventory:
+        try:
+            cfg, data = known.get(other.name) or (node_config(other), other.data.dict())
+            if cfg.is_kbs:
+                paths.append(kbs_settings(cfg, data).pki_dir / REFERENCE_SUMMARY)
+        except Exception:  # noqa: BLE001 - an invalid KBS host is reported by its own stage
+            continue
+    return paths
+
+
+def load_reference_values(paths) -> ReferenceValues | None:
+    """The reference values of every KBS host's summary (None when no KBS wrote one)."""
+    import json
+
+    merged, found = ReferenceValues(), False
+    for path in paths:
+        try:
+            one = ReferenceValues.from_summary(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found = True
+        merged.values += one.values
+        merged.pending += one.pending
+    return merged if found else None
+
+
+def refresh_reference_values(state, directory: Path | None = None) -> bool:
+    """Re-read the reference values into this run's readiness report (or the one on disk), after
+    the kbs stage registered values learned later in the same run; True if the report changed."""
+    directory = directory or report_dir()
+    report = getattr(state, "_ccfactory_report", None)
+    if report is None:
+        try:
+            report = load_report((directory / "readiness.json").read_text())
+        except (OSError, ValueError):
+            return False
+    refs = load_reference_values(reference_summary_paths(state.inventory))
+    if refs == report.reference_values:
+        return False
+    report.reference_values = refs
+    _write(report, directory)
+    return True
 
 
 def _write(report: FleetReport, directory: Path) -> Path:
@@ -69,6 +126,8 @@ def record_node(state, host, cfg, stages: tuple[str, ...] | None = None) -> bool
                 why = "not reachable over SSH (see the connection error in the pyinfra output)"
             report.add(NodeReport(node=other.name, reachable=bool(other.connected), error=why))
         state._ccfactory_report = report
+        # after sharing the report: nothing before this line may yield to another host's greenlet
+        report.reference_values = load_reference_values(reference_summary_paths(state.inventory))
     ctx = CheckContext(
         cfg=cfg, run=pyinfra_runner(host, sudo=bool(host.data.get("_sudo"))), data=host.data.dict(),
         fleet=fleet_of(state.inventory),

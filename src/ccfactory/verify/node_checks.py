@@ -2,18 +2,25 @@
 (same commands, same parsers), so the report and the deploy can never disagree about
 what a node looks like.
 
+Each check declares the facts and commands it reads (``facts=``, ``commands=``): the verify
+stage runs all of a node's declared reads as one remote command and each check gets its own
+command's output from it (``ccfactory.verify.checks.run_checks``). A read that depends on
+another read's answer (the GPU modes query needs the GPU list) runs on its own.
+
 Importing this module registers the checks in ``ccfactory.verify.checks.REGISTRY``.
 """
 
 from __future__ import annotations
 
 from ccfactory.distros import distro_for, supported_list
+from ccfactory.facts.containerd import ContainerdRuntimes
 from ccfactory.facts.gpu import GpuDrivers, NvidiaGpus
 from ccfactory.facts.gpu_cc import GpuCcModes
+from ccfactory.facts.kata import KataInstall
 from ccfactory.facts.kernel import IommuGroups
 from ccfactory.facts.node import NodeOs
 from ccfactory.facts.tee import TeeHostStatus
-from ccfactory.verify.checks import CheckContext, Outcome, check, fail, ok
+from ccfactory.verify.checks import CheckContext, Outcome, check, declare, fail, ok
 
 LAB_KERNEL = "the lab's nodes share the lab machine's kernel; SNP/TDX state is simulated from the BMC's BIOS state"
 LAB_GPU = "GPUs and gpu-admin-tools are lab stand-ins (sysfs tree and state file)"
@@ -34,7 +41,7 @@ def _lab(ctx: CheckContext, what: str) -> str:
 # ------------------------------------------------------------------ preflight
 
 
-@check("preflight.os_supported", stage="preflight")
+@check("preflight.os_supported", stage="preflight", facts=(NodeOs,))
 def os_supported(ctx: CheckContext) -> Outcome:
     """The node runs a distribution ccfactory supports."""
     info = ctx.fact(NodeOs)
@@ -72,7 +79,7 @@ def bios_compliant(ctx: CheckContext) -> Outcome:
 # ------------------------------------------------------------------ host
 
 
-@check("host.tee_active", stage="host", applies=_tee_node)
+@check("host.tee_active", stage="host", applies=_tee_node, facts=(TeeHostStatus,))
 def tee_active(ctx: CheckContext) -> Outcome:
     """SEV-SNP or TDX is active on the host, as the kernel reports it."""
     status = ctx.fact(TeeHostStatus)
@@ -87,7 +94,7 @@ def tee_active(ctx: CheckContext) -> Outcome:
     return fail(detail, hint=hint, simulated=simulated)
 
 
-@check("host.iommu_on", stage="host", applies=_tee_node)
+@check("host.iommu_on", stage="host", applies=_tee_node, facts=(IommuGroups,))
 def iommu_on(ctx: CheckContext) -> Outcome:
     """The IOMMU is on: devices sit in IOMMU groups (needed for VFIO passthrough)."""
     count = len(ctx.fact(IommuGroups).groups)
@@ -99,7 +106,7 @@ def iommu_on(ctx: CheckContext) -> Outcome:
     return ok(f"{count} IOMMU groups", simulated=_lab(ctx, LAB_KERNEL))
 
 
-@check("host.no_host_gpu_driver", stage="host", applies=_gpu_node)
+@check("host.no_host_gpu_driver", stage="host", applies=_gpu_node, facts=(NvidiaGpus, GpuDrivers))
 def no_host_gpu_driver(ctx: CheckContext) -> Outcome:
     """No NVIDIA or nouveau driver holds a GPU on the host (CoCo passes them to guests)."""
     devices = ctx.fact(NvidiaGpus)
@@ -115,10 +122,10 @@ def no_host_gpu_driver(ctx: CheckContext) -> Outcome:
 # ------------------------------------------------------------------ gpu
 
 
-@check("gpu.inventory", stage="gpu", applies=_gpu_node)
+@check("gpu.inventory", stage="gpu", applies=_gpu_node, facts=(NvidiaGpus,))
 def gpu_inventory(ctx: CheckContext) -> Outcome:
     """The node has the GPUs the inventory says (count and model)."""
-    from ccfactory.roles.gpu.plan import inventory_problems
+    from ccfactory.parsers.gpuhost import inventory_problems
 
     devices = ctx.fact(NvidiaGpus)
     problems = inventory_problems(ctx.cfg.gpu, devices)
@@ -128,7 +135,7 @@ def gpu_inventory(ctx: CheckContext) -> Outcome:
     return ok(f"{len(devices.gpus)}x {ctx.cfg.gpu.model}{switches}", simulated=_lab(ctx, LAB_GPU))
 
 
-@check("gpu.vfio_bound", stage="gpu", applies=_gpu_node)
+@check("gpu.vfio_bound", stage="gpu", applies=_gpu_node, facts=(NvidiaGpus,))
 def gpu_vfio_bound(ctx: CheckContext) -> Outcome:
     """Every GPU (and NVSwitch with ppcie) is bound to vfio-pci."""
     devices = ctx.fact(NvidiaGpus)
@@ -139,7 +146,7 @@ def gpu_vfio_bound(ctx: CheckContext) -> Outcome:
     return ok(f"{len(wanted)} device(s) on vfio-pci", simulated=_lab(ctx, LAB_GPU))
 
 
-@check("gpu.cc_mode", stage="gpu", applies=_gpu_node)
+@check("gpu.cc_mode", stage="gpu", applies=_gpu_node, facts=(NvidiaGpus,))  # + the modes query
 def gpu_cc_mode(ctx: CheckContext) -> Outcome:
     """Every GPU is in the inventory's CC mode (PPCIe on devices too for ppcie)."""
     from ccfactory.bom import bom_for
@@ -181,11 +188,9 @@ def _wanted_handlers(cfg) -> tuple[str, ...]:
     return tuple(sorted(handler_name(s) for s in shims))
 
 
-@check("runtime.containerd_handlers", stage="runtime", applies=_runtime_node)
+@check("runtime.containerd_handlers", stage="runtime", applies=_runtime_node, facts=(ContainerdRuntimes,))
 def containerd_handlers(ctx: CheckContext) -> Outcome:
     """containerd runs and its effective config lists exactly ccfactory's Kata handlers."""
-    from ccfactory.facts.containerd import ContainerdRuntimes
-
     state = ctx.fact(ContainerdRuntimes)
     if not (state.installed and state.active):
         return fail("containerd is not installed and running", hint="run the runtime stage")
@@ -198,11 +203,10 @@ def containerd_handlers(ctx: CheckContext) -> Outcome:
     return ok(f"containerd {state.version}: {', '.join(kata)}", simulated=_lab(ctx, LAB_KATA))
 
 
-@check("runtime.kata_installed", stage="runtime", applies=_runtime_node)
+@check("runtime.kata_installed", stage="runtime", applies=_runtime_node, facts=(KataInstall,))
 def kata_installed(ctx: CheckContext) -> Outcome:
     """/opt/kata holds the BOM's kata-static, with ccfactory's drop-ins for every shim."""
     from ccfactory.bom import bom_for
-    from ccfactory.facts.kata import KataInstall
 
     kata = ctx.fact(KataInstall)
     try:
@@ -220,17 +224,38 @@ def kata_installed(ctx: CheckContext) -> Outcome:
     return ok(f"kata-static {pinned} with drop-ins", simulated=_lab(ctx, LAB_KATA))
 
 
-@check("runtime.initdata", stage="runtime", applies=lambda cfg: _runtime_node(cfg) and bool(cfg.kbs.url))
+INITDATA_DIR = "/etc/ccfactory/coco"
+_INITDATA_READS = (
+    f"cat {INITDATA_DIR}/initdata.json 2>/dev/null",
+    f"cat {INITDATA_DIR}/initdata.toml 2>/dev/null",
+    f"cat {INITDATA_DIR}/initdata.annotation 2>/dev/null",
+)
+
+
+def _initdata_digest_command(algorithm: str) -> str:
+    return f"{algorithm}sum {INITDATA_DIR}/initdata.toml"
+
+
+def _initdata_reads(ctx: CheckContext) -> list[str]:
+    """The files, and the digest in the algorithm the runtime stage writes for this TEE
+    (``ccfactory.coco.initdata.ALGORITHM_FOR_TEE``; another one recorded runs on its own)."""
+    from ccfactory.coco.initdata import ALGORITHM_FOR_TEE
+
+    return [*_INITDATA_READS, _initdata_digest_command(ALGORITHM_FOR_TEE.get(ctx.cfg.tee or "", "sha256"))]
+
+
+@check("runtime.initdata", stage="runtime", applies=lambda cfg: _runtime_node(cfg) and bool(cfg.kbs.url),
+       commands=_initdata_reads)
 def initdata_in_place(ctx: CheckContext) -> Outcome:
     """The CoCo initdata for this site's KBS is on the node; its digest and annotation match the document."""
     import json as _json
 
     from ccfactory.coco.initdata import decode_annotation
 
-    base = "/etc/ccfactory/coco"
-    summary_text = ctx.run(f"cat {base}/initdata.json 2>/dev/null").stdout
-    document = ctx.run(f"cat {base}/initdata.toml 2>/dev/null").stdout
-    annotation = ctx.run(f"cat {base}/initdata.annotation 2>/dev/null").stdout.strip()
+    base = INITDATA_DIR
+    summary_text = ctx.run(_INITDATA_READS[0]).stdout
+    document = ctx.run(_INITDATA_READS[1]).stdout
+    annotation = ctx.run(_INITDATA_READS[2]).stdout.strip()
     if not summary_text.strip() or not document:
         return fail(f"no initdata in {base}", hint="run the runtime stage with kbs_url set")
     try:
@@ -241,7 +266,7 @@ def initdata_in_place(ctx: CheckContext) -> Outcome:
     if algorithm not in ("sha256", "sha384", "sha512"):
         return fail(f"initdata digest algorithm {algorithm!r} is not one ccfactory writes", hint="run the runtime stage")
     # hash the file's exact bytes on the node (command output loses trailing newlines)
-    digest = ctx.run(f"{algorithm}sum {base}/initdata.toml").stdout.split()[0] if document else ""
+    digest = ctx.run(_initdata_digest_command(algorithm)).stdout.split()[0] if document else ""
     if digest != summary.get("digest"):
         return fail(f"initdata.toml {algorithm} {digest[:16]}... differs from the recorded digest", hint="run the runtime stage")
     if decode_annotation(annotation).rstrip("\n") != document.rstrip("\n"):
@@ -277,4 +302,9 @@ def kbs_health(ctx: CheckContext) -> Outcome:
     return ok(f"{auth}; {denial}", simulated=_lab(ctx, LAB_KBS))
 
 
-from ccfactory.verify import attestation  # noqa: E402,F401 - registers attestation.end_to_end
+from ccfactory.verify import attestation  # noqa: E402 - registers attestation.end_to_end after the checks above
+
+# its node-side reads go into the batch; its smoke container (seconds of node-side waiting, after
+# seeding the KBS) runs alongside the other checks
+declare(attestation.CHECK_ID, facts=(ContainerdRuntimes,), commands=lambda ctx: [f"cat {attestation.INITDATA_JSON}"],
+        background=True)

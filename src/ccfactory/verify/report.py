@@ -60,6 +60,70 @@ class NodeReport(BaseModel):
         return self.reachable and not self.error and all(c.status in ("pass", "n/a") for c in self.checks)
 
 
+class ReferenceValue(BaseModel):
+    """One value RVPS holds for the KBS's attestation policy (``docs/reference-values.md``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    scope: str = Field(description="worker, worker/shim, or site")
+    origin: str = Field(description="computed, read from the host, site policy, pinned on first use, operator")
+    value: str = Field(description="as registered (a measurement, an SVN, a flag); never a secret")
+    source: str = ""
+
+
+class PendingValue(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: str
+    name: str
+    reason: str
+
+
+# ccfactory.kbs.site_values.snp_worker_values: pending lines that name a source, not a value
+_PENDING_GROUPS = {
+    "reported TCB": "snp_bootloader, snp_microcode, snp_snp_svn, snp_tee_svn",
+    "configuration values": "snp_smt_enabled, snp_guest_abi_major, snp_guest_abi_minor, snp_smt_allowed, snp_single_socket",
+}
+
+
+class ReferenceValues(BaseModel):
+    """The kbs stage's ``reference-values.json`` (on the controller, next to the KBS ledger)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: list[ReferenceValue] = []
+    pending: list[PendingValue] = []
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> ReferenceValues:
+        """From ``ccfactory.kbs.collect.summary``: rows ``{name, scope, origin, value, source}`` and
+        pending lines ``"<scope>: <name>: <reason>"``."""
+        values = [ReferenceValue(name=r["name"], scope=r["scope"], origin=r["origin"], source=r.get("source") or "",
+                                 value=_scalar(r["value"])) for r in summary.get("references", [])]  # fmt: skip
+        pending = []
+        for line in summary.get("pending", []):
+            scope, _, rest = str(line).partition(": ")
+            name, _, reason = rest.partition(": ")
+            if name in _PENDING_GROUPS:  # ccfactory.kbs.site_values names some values by their source
+                name = _PENDING_GROUPS[name]
+            elif not reason or " " in name:  # "<scope>: <reason>" without a value name
+                name, reason = "", rest
+            pending.append(PendingValue(scope=scope, name=name, reason=reason))
+        return cls(values=values, pending=pending)
+
+    def workers(self) -> list[str]:
+        return sorted({v.scope.split("/")[0] for v in self.values} | {p.scope.split("/")[0] for p in self.pending})
+
+
+def _scalar(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(_scalar(v) for v in value)
+    return "" if value is None else str(value)
+
+
 class FleetReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -69,6 +133,7 @@ class FleetReport(BaseModel):
     ccfactory_version: str
     bom_versions: dict[str, str] = {}
     nodes: list[NodeReport] = []
+    reference_values: ReferenceValues | None = None
 
     @classmethod
     def new(cls, site: str, bom_versions: dict[str, str] | None = None) -> FleetReport:
@@ -121,6 +186,8 @@ def render_markdown(report: FleetReport) -> str:
         for node, check in problems:
             hint = f" Fix: {check.hint}" if check.hint else ""
             lines.append(f"- **{node.node}** `{check.check}` {check.status}: {check.detail}.{hint}")
+    if report.reference_values is not None:
+        lines += render_reference_values(report.reference_values)
     simulated = sorted({(c.check, c.simulated) for n in report.nodes for c in n.checks if c.simulated})
     if simulated:
         lines += ["", "## Simulated in the lab", ""]
@@ -129,3 +196,26 @@ def render_markdown(report: FleetReport) -> str:
         lines += ["", "## Versions (bill of materials)", ""]
         lines += [f"- {name} {version}" for name, version in sorted(report.bom_versions.items())]
     return "\n".join(lines) + "\n"
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= 28 else f"{value[:20]}…{value[-6:]}"
+
+
+def render_reference_values(refs: ReferenceValues) -> list[str]:
+    """Per worker: each value RVPS holds with its origin (computed, read from the host, site
+    policy, pinned on first use, operator), then what is pending and why."""
+    lines = ["", "## Reference values (KBS attestation)", ""]
+    if not refs.values and not refs.pending:
+        return lines + ["No reference values: the site has no SNP/TDX worker, or the kbs stage did not run."]
+    lines += ["| scope | value | origin | registered | how |", "|---|---|---|---|---|"]
+    for worker in refs.workers():
+        mine = [v for v in refs.values if v.scope.split("/")[0] == worker]
+        for v in sorted(mine, key=lambda v: (v.scope, v.name)):
+            how = v.source.replace("|", "/")
+            lines.append(f"| {v.scope} | `{v.name}` | {v.origin} | `{_short(v.value)}` | {how} |")
+    pending = sorted(refs.pending, key=lambda p: (p.scope, p.name))
+    if pending:
+        lines += ["", "Pending (not registered; the policy cannot affirm what they guard until they are):", ""]
+        lines += [f"- **{p.scope}**" + (f" `{p.name}`" if p.name else "") + f": {p.reason}" for p in pending]
+    return lines

@@ -15,9 +15,16 @@ What it keeps of the real thing (guest-components ``api-server-rest/src/{main,cd
   the node's namespace, as the guest's CDH reaches the KBS over the guest's network);
 * ``GET /cdh/resource/<repo>/<type>/<tag>`` -> 200 ``application/octet-stream`` with the
   plain resource, or 500 with the error text; only loopback clients, only GET;
-* ``GET /aa/token?token_type=kbs`` -> ``{"token": "<EAR JWT>"}`` (the real one also returns
-  ``tee_keypair``; the stand-in does not hand out private keys);
-* ``GET /info`` -> ``{"version", "tee", "additional_tees"}``;
+* features as upstream's ``--features`` (``resource`` by default: ``DEFAULT_FEATURE``,
+  ``api-server-rest/src/main.rs:32,78-86``, and the Kata agent's default
+  ``guest_components_rest_api``, kata-containers@4.1.0:src/agent/src/config.rs:104-112): with
+  ``resource`` only, ``/aa/...`` answers 404 "Attestation Feature Not Enabled"
+  (``router.rs:150-156``); with ``attestation`` only, ``/cdh/...`` answers 404 "Resource Feature Not
+  Enabled" (``router.rs:247-252``);
+* ``GET /aa/token?token_type=kbs`` (features ``attestation``/``all``) -> ``{"token": "<EAR JWT>"}``
+  (the real one also returns ``tee_keypair``; the stand-in does not hand out private keys);
+* ``GET /info`` -> ``{"version", "feature"}``, plus ``tee``/``additional_tees`` only with the
+  attestation feature (``router.rs:114-148``);
 * its KBS settings come from the same place as a guest's: the initdata the node's
   runtime stage rendered (``cdh.toml``: ``[kbc] name = "cc_kbc"``, ``url``, ``kbs_cert``).
 
@@ -60,6 +67,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 VERSION = "ccfactory-lab-cdh-standin-1"
 KBS_PROTOCOL_VERSION = "0.4.0"  # trustee kbs/src/attestation/backend.rs (docs/trustee.md section 4)
 DEFAULT_LISTEN = "127.0.0.1:8006"  # guest-components api-server-rest/src/main.rs DEFAULT_BIND
+FEATURES = ("resource", "attestation", "all")  # api-server-rest/src/main.rs:47-49, 78-86
+DEFAULT_FEATURE = "resource"
 RESOURCE_PREFIX = "/cdh/resource/"
 TOKEN_PATH = "/aa/token"
 INFO_PATH = "/info"
@@ -300,6 +309,8 @@ def jwe_decrypt(key: RsaKey, jwe: dict) -> bytes:
 
 
 class KbsError(Exception):
+    token = ""  # the EAR token of the attestation, when the failure came after it
+
     def __init__(self, message: str, status: int = 0, kind: str = ""):
         super().__init__(message)
         self.status, self.kind = status, kind
@@ -377,13 +388,16 @@ class Kbs:
             raise self._error(status, reply, "attest")
         return cookie, json.loads(reply)["token"], key
 
-    def resource(self, path: str) -> bytes:
-        cookie, _, key = self.attest()
+    def resource(self, path: str) -> tuple[bytes, str]:
+        """(plain resource, the EAR token of the attestation it was released to)."""
+        cookie, token, key = self.attest()
         status, _, reply = self.request("GET", f"/kbs/v0/resource/{path}", headers={"Cookie": f"{SESSION_COOKIE}={cookie}"})
         if status != 200:
-            raise self._error(status, reply, f"get resource {path}")
+            error = self._error(status, reply, f"get resource {path}")
+            error.token = token  # the token the KBS refused the resource to
+            raise error
         try:
-            return jwe_decrypt(key, json.loads(reply))
+            return jwe_decrypt(key, json.loads(reply)), token
         except (ValueError, KeyError, TypeError) as exc:
             raise KbsError(f"get resource {path}: the KBS's JWE could not be decrypted: {exc}") from None
 
@@ -394,7 +408,9 @@ def token_tees(token: str) -> list[str]:
     found = []
     for submod in (claims.get("submods") or {}).values():
         evidence = (submod or {}).get("ear.veraison.annotated-evidence") or {}
-        found += [k for k in evidence if not k.endswith("_claims")]
+        # transform_claims (trustee@v0.21.0:attestation-service/src/ear_token/broker.rs:462-515) adds
+        # report_data / init_data strings and *_claims objects beside the TEE's own claims
+        found += [k for k in evidence if not k.endswith("_claims") and k not in ("report_data", "init_data")]
     return sorted(set(found))
 
 
@@ -415,7 +431,10 @@ class Log:
                 print(line, file=sys.stderr, flush=True)
 
 
-def make_handler(kbs: Kbs, log: Log):
+def make_handler(kbs: Kbs, log: Log, feature: str = DEFAULT_FEATURE):
+    attestation = feature in ("attestation", "all")
+    resource = feature in ("resource", "all")
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "api-server-rest"
         sys_version = ""
@@ -436,13 +455,20 @@ def make_handler(kbs: Kbs, log: Log):
             if method != "GET":
                 self._reply(405, b"")
                 return
-            if target.path.startswith(RESOURCE_PREFIX):
+            if target.path == INFO_PATH:
+                info = {"version": VERSION, "feature": feature}
+                if attestation:
+                    info["tee"] = EVIDENCE
+                self._reply(200, json.dumps(info).encode(), "application/json")
+            elif target.path.startswith("/aa/") and not attestation:
+                log("aa", path=target.path, outcome="not-enabled", feature=feature)
+                self._reply(404, b"Attestation Feature Not Enabled")
+            elif target.path.startswith("/cdh/") and not resource:
+                self._reply(404, b"Resource Feature Not Enabled")
+            elif target.path.startswith(RESOURCE_PREFIX):
                 self._resource(unquote(target.path[len(RESOURCE_PREFIX) :]))
             elif target.path == TOKEN_PATH:
                 self._token(parse_qs(target.query).get("token_type", [""])[0])
-            elif target.path == INFO_PATH:
-                self._reply(200, json.dumps({"version": VERSION, "tee": EVIDENCE, "additional_tees": []}).encode(),
-                            "application/json")  # fmt: skip
             else:
                 self._reply(404, b"")
 
@@ -453,14 +479,16 @@ def make_handler(kbs: Kbs, log: Log):
                 self._reply(500, b"resource path must be <repository>/<type>/<tag>")
                 return
             try:
-                value = kbs.resource(path)
+                value, token = kbs.resource(path)
             except KbsError as exc:
-                denied = exc.status == 403 and exc.kind == "PolicyDeny"
+                denied = exc.kind == "PolicyDeny"  # 401 at Trustee v0.21.0 (kbs/src/error.rs:124-130)
                 log("resource", path=path, outcome="denied" if denied else "error", evidence=EVIDENCE,
-                    kbs_status=exc.status, kbs_error=exc.kind, detail=str(exc))  # fmt: skip
+                    kbs_status=exc.status, kbs_error=exc.kind, detail=str(exc),
+                    token_tees=token_tees(exc.token) if exc.token else [])  # fmt: skip
                 self._reply(500, str(exc).encode())
                 return
-            log("resource", path=path, outcome="released", evidence=EVIDENCE, kbs_status=200, size=len(value))
+            log("resource", path=path, outcome="released", evidence=EVIDENCE, kbs_status=200, size=len(value),
+                token_tees=token_tees(token))
             self._reply(200, value, "application/octet-stream")
 
         def _token(self, token_type: str) -> None:
@@ -526,8 +554,8 @@ def listening_socket(address: str, netns_pid: int | None = None) -> socket.socke
             os.close(target)
 
 
-def serve(sock: socket.socket, kbs: Kbs, log: Log, timeout: float) -> None:
-    server = ThreadingHTTPServer(sock.getsockname()[:2], make_handler(kbs, log), bind_and_activate=False)
+def serve(sock: socket.socket, kbs: Kbs, log: Log, timeout: float, feature: str = DEFAULT_FEATURE) -> None:
+    server = ThreadingHTTPServer(sock.getsockname()[:2], make_handler(kbs, log, feature), bind_and_activate=False)
     server.socket.close()
     server.socket = sock
     server.daemon_threads = True
@@ -549,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default=None, help="JSON-lines event log (default: stderr)")
     parser.add_argument("--ready-file", default=None, help="created once the endpoint listens")
     parser.add_argument("--timeout", type=float, default=600.0, help="stop serving after this many seconds")
+    parser.add_argument("--features", choices=FEATURES, default=DEFAULT_FEATURE,
+                        help="as api-server-rest's --features (the agent's guest_components_rest_api)")
     args = parser.parse_args(argv)
     marker = os.environ.get(LAB_MARKER_ENV, LAB_MARKER)
     if not os.path.exists(marker):
@@ -564,11 +594,12 @@ def main(argv: list[str] | None = None) -> int:
         log("start", outcome="error", detail=f"{type(exc).__name__}: {exc}")
         print(f"ccflab-cdh: {exc}", file=sys.stderr)
         return 1
-    log("start", outcome="listening", listen=args.listen, netns_pid=args.netns_pid, kbs_url=url, version=VERSION)
+    log("start", outcome="listening", listen=args.listen, netns_pid=args.netns_pid, kbs_url=url, version=VERSION,
+        feature=args.features)
     if args.ready_file:
         with open(args.ready_file, "w", encoding="utf-8") as handle:
             handle.write(args.listen + "\n")
-    serve(sock, kbs, log, args.timeout)
+    serve(sock, kbs, log, args.timeout, args.features)
     return 0
 
 

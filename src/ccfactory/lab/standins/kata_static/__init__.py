@@ -1,21 +1,23 @@
 """The lab's kata-static stand-in as a BOM artifact (``kata-static``), for the lab artifact server.
 
 The tarball keeps the real release's layout (``opt/kata/...``, extracted at ``/``; Kata
-``tools/packaging/static-build``; shared/reference/cc-stack.md §4.1)::
+``tools/packaging/static-build``; docs/reference/cc-stack.md §4.1)::
 
     opt/kata/bin/containerd-shim-kata-v2          execs containerd-shim-runc-v2 (no VM in the lab)
     opt/kata/bin/kata-runtime                     --version / env / check, real output formats
     opt/kata/bin/qemu-system-x86_64{,-snp-experimental,-tdx-experimental}   --version only
     opt/kata/share/defaults/kata-containers/configuration-<shim>.toml      upstream structure
     opt/kata/share/kata-containers/{vmlinuz*.container,kata-containers*.img}  placeholders
-    opt/kata/share/ovmf/{AMDSEV.fd,OVMF.inteltdx.fd,OVMF.fd}                placeholders
+    opt/kata/share/ovmf/AMDSEV.fd                 real data: OVMF AmdSev (last 4 KiB), measurable (data/SOURCES.md)
+    opt/kata/share/ovmf/{OVMF.inteltdx.fd,OVMF.fd}                          placeholders
     opt/kata/share/kata-containers/ccfactory-lab-standin.toml               stand-in metadata
 
 The configuration files carry the keys and per-shim values of Kata 4.1's
 ``src/runtime/config/configuration-qemu-*.toml.in`` (sections ``[hypervisor.qemu]``,
 ``[factory]``, ``[agent.kata]``, ``[runtime]``), with short comments.
 
-Requirements: the real Kata 4.1.0 needs containerd >= 2.2 (kata PR #13869). This stand-in
+Requirements: the real Kata 4.1.0 needs containerd >= 1.7 (its ``versions.yaml``
+externals.containerd.minimum, kata-containers@4.1.0:versions.yaml:303-311). This stand-in
 runs no VM and no Kata runtime code; what it needs from containerd is the shim v2 protocol
 and a runc shim, which Debian 12's containerd 1.6 has. It says so in its own metadata
 (``[requires] containerd = "1.6"``), which the runtime role reads from the tarball and
@@ -45,8 +47,8 @@ TOP_DIR = "opt"  # the real tarball's members are ./opt/kata/...
 MIN_CONTAINERD = "1.6"
 METADATA = "kata/share/kata-containers/ccfactory-lab-standin.toml"
 NOTE = (
-    "lab only: kata-static layout, kata-runtime CLI and configuration files; the shim execs "
-    "containerd-shim-runc-v2 (no VM, no TEE); needs containerd >= 1.6 (the real 4.1.0 needs >= 2.2)"
+    "lab only: kata-static layout, kata-runtime CLI and configuration files; the shim logs the QEMU "
+    "launch the runtime would make, then execs containerd-shim-runc-v2 (no VM, no TEE); needs containerd >= 1.6 (the real 4.1.0 needs >= 1.7)"
 )
 
 PREFIX = "/opt/kata"
@@ -54,49 +56,55 @@ DEFAULTS = "kata/share/defaults/kata-containers"
 ASSETS = "kata/share/kata-containers"
 PLACEHOLDER = b"ccfactory lab stand-in: not a real guest asset (the lab starts no VM)\n"
 
-_COCO_ANNOTATIONS = '["kernel_params", "default_vcpus", "default_memory", "cc_init_data"]'
-_NV_ANNOTATIONS = '["enable_iommu", "kernel_params", "kernel_verity_params", "default_vcpus", "default_memory", "cc_init_data"]'
+# DEFENABLEANNOTATIONS_COCO (kata-containers@4.1.0:src/runtime/Makefile:235), every CoCo shim
+_COCO_ANNOTATIONS = '["enable_iommu", "kernel_params", "kernel_verity_params", "default_vcpus", "default_memory", "cc_init_data"]'
+_NV_ANNOTATIONS = _COCO_ANNOTATIONS
 _KP = "cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1"
 _KP_NV = "cgroup_no_v1=all pci=realloc pci=nocrs pci=assign-busses nvrc.smi.srs=1"
 
-# Per shim: the values the Makefile substitutes (cc-stack.md §4.2).
+# Per shim: the values Kata 4.1.0's Makefile substitutes (docs/runtime.md, "Kata stand-in
+# contract": each value with its upstream file:line, checked by tests/unit/test_standin_kata.py).
+# cgroup_only: sandbox_cgroup_only (DEFSANDBOXCGROUPONLY false, _NV true: Makefile:297,503);
+# disable_block: DEFDISABLEBLOCK := true (Makefile:265); timeout: [agent.kata] dial_timeout.
 SHIMS: dict[str, dict] = {
     "qemu": dict(
         qemu="qemu-system-x86_64", kernel="vmlinux.container", image="kata-containers.img", firmware="",
         confidential=False, snp=False, tdx=False, kernel_params="", rootfs="ext4", memory=2048, vcpus=1,
         annotations='["enable_iommu", "virtio_fs_extra_args", "kernel_params"]', cold_plug="no-port",
-        shared_fs="virtio-fs", timeout=60, create_timeout=60, guest_pull=False,
+        shared_fs="virtio-fs", timeout=60, create_timeout=60, guest_pull=False, cgroup_only=False,
+        disable_block=False,
     ),
     "qemu-coco-dev": dict(
         qemu="qemu-system-x86_64", kernel="vmlinuz.container", image="kata-containers-confidential.img",
         firmware="", confidential=False, snp=False, tdx=False, kernel_params=_KP, rootfs="ext4", memory=2048,
-        vcpus=1, annotations=_COCO_ANNOTATIONS, cold_plug="no-port", shared_fs="none", timeout=90,
-        create_timeout=60, guest_pull=False,
+        vcpus=1, annotations=_COCO_ANNOTATIONS, cold_plug="no-port", shared_fs="none", timeout=45,
+        create_timeout=60, guest_pull=False, cgroup_only=False, disable_block=True,
     ),
     "qemu-snp": dict(
         qemu="qemu-system-x86_64", kernel="vmlinuz.container", image="kata-containers-confidential.img",
         firmware="AMDSEV.fd", confidential=True, snp=True, tdx=False, kernel_params=_KP, rootfs="ext4",
         memory=2048, vcpus=1, annotations=_COCO_ANNOTATIONS, cold_plug="no-port", shared_fs="none",
-        timeout=90, create_timeout=60, guest_pull=False,
+        timeout=90, create_timeout=60, guest_pull=False, cgroup_only=False, disable_block=True,
     ),
     "qemu-tdx": dict(
         qemu="qemu-system-x86_64", kernel="vmlinuz.container", image="kata-containers-confidential.img",
         firmware="OVMF.inteltdx.fd", confidential=True, snp=False, tdx=True, kernel_params=_KP, rootfs="ext4",
         memory=2048, vcpus=1, annotations=_COCO_ANNOTATIONS, cold_plug="no-port", shared_fs="none",
-        timeout=90, create_timeout=60, guest_pull=False,
+        timeout=60, create_timeout=60, guest_pull=False, cgroup_only=False, disable_block=True,
     ),
     "qemu-nvidia-gpu-snp": dict(
         qemu="qemu-system-x86_64-snp-experimental", kernel="vmlinuz-nvidia-gpu.container",
         image="kata-containers-nvidia-gpu-confidential.img", firmware="AMDSEV.fd", confidential=True, snp=True,
         tdx=False, kernel_params=_KP_NV, rootfs="erofs", memory=8192, vcpus=1, annotations=_NV_ANNOTATIONS,
         cold_plug="root-port", shared_fs="none", timeout=1200, create_timeout=1200, guest_pull=False,
+        cgroup_only=True, disable_block=True,
     ),
     "qemu-nvidia-gpu-tdx": dict(
         qemu="qemu-system-x86_64-tdx-experimental", kernel="vmlinuz-nvidia-gpu.container",
         image="kata-containers-nvidia-gpu-confidential.img", firmware="OVMF.inteltdx.fd", confidential=True,
         snp=False, tdx=True, kernel_params=_KP_NV, rootfs="erofs", memory=8192, vcpus=1,
         annotations=_NV_ANNOTATIONS, cold_plug="root-port", shared_fs="none", timeout=1200,
-        create_timeout=1200, guest_pull=False,
+        create_timeout=1200, guest_pull=False, cgroup_only=True, disable_block=True,
     ),
 }
 
@@ -156,7 +164,7 @@ def configuration(shim: str) -> str:
     if v["tdx"]:
         hv += [
             "",
-            "# Qgs (Quote Generation Service) vsock port, 0 means the QGS default (4050)",
+            "# Qgs port: 0 means the QGS Unix socket /var/run/tdx-qgs/qgs.socket if present, else vsock 4050",
             "tdx_quote_generation_service_socket_port = 0",
         ]
     firmware = f"{PREFIX}/share/ovmf/{v['firmware']}" if v["firmware"] else ""
@@ -182,7 +190,7 @@ def configuration(shim: str) -> str:
         "default_maxmemory = 0",
         "memory_offset = 0",
         "enable_virtio_mem = false",
-        "disable_block_device_use = false",
+        f"disable_block_device_use = {_b(v['disable_block'])}",
         f'shared_fs = "{v["shared_fs"]}"',
         f'virtio_fs_daemon = "{PREFIX}/libexec/virtiofsd"',
         f'valid_virtio_fs_daemon_paths = ["{PREFIX}/libexec/virtiofsd"]',
@@ -226,11 +234,11 @@ def configuration(shim: str) -> str:
         "enable_vcpus_pinning = false",
         "enable_tracing = false",
         "disable_new_netns = false",
-        f"sandbox_cgroup_only = {_b(v['confidential'])}",
+        f"sandbox_cgroup_only = {_b(v['cgroup_only'])}",
         f"static_sandbox_resource_mgmt = {_b(v['confidential'])}",
         "sandbox_bind_mounts = []",
         f'vfio_mode = "{"guest-kernel" if v["cold_plug"] != "no-port" else "guest-kernel"}"',
-        "disable_guest_empty_dir = false",
+        "disable_guest_empty_dir = true",
         f'emptydir_mode = "{"block-encrypted" if v["confidential"] else "shared-fs"}"',
         "experimental = []",
         "enable_pprof = false",
@@ -276,8 +284,10 @@ This is NOT Kata Containers. It keeps kata-static's layout under /opt/kata, the
 `kata-runtime` command line (`--version`, `env`, `check`) and output formats, and the
 configuration files' sections, keys and per-shim values of Kata {UPSTREAM_VERSION}. The lab has no
 TEE and no KVM: `containerd-shim-kata-v2` starts no VM, it execs `containerd-shim-runc-v2`,
-so a container run through a Kata handler runs as a plain runc container. Guest kernels,
-images and firmware are placeholders.
+so a container run through a Kata handler runs as a plain runc container. When a sandbox
+starts, the shim logs (syslog tag `kata`) the QEMU command line the real runtime would launch.
+Guest kernels, images and the TDX firmware are placeholders; AMDSEV.fd is the last 4 KiB of a
+real OVMF AmdSev build (measurable, not bootable).
 """
 
 METADATA_TEXT = f"""\
@@ -288,7 +298,7 @@ upstream_version = "{UPSTREAM_VERSION}"
 note = "runs no VM; the shim execs containerd-shim-runc-v2"
 
 [requires]
-# the real kata-static {UPSTREAM_VERSION} needs containerd >= 2.2; this stand-in only needs the
+# the real kata-static {UPSTREAM_VERSION} needs containerd >= 1.7; this stand-in only needs the
 # shim v2 protocol and a runc shim
 containerd = "{MIN_CONTAINERD}"
 """
@@ -313,6 +323,8 @@ def tree() -> dict[str, bytes]:
         files[f"{ASSETS}/{asset}"] = PLACEHOLDER
     for fw in FIRMWARE:
         files[f"kata/share/ovmf/{fw}"] = PLACEHOLDER
+    # Makefile:165 FIRMWARESNPPATH: sev-snp-measure measures it (data/SOURCES.md)
+    files["kata/share/ovmf/AMDSEV.fd"] = resources.files(__name__).joinpath("data", "AMDSEV.fd").read_bytes()
     return dict(sorted(files.items()))
 
 
