@@ -28,6 +28,7 @@
 # gpu_count = 0                # the node must have exactly this many GPUs
 # gpu_model = None             # H100 | H200 | GH200 | H800 | H20 | B200 | GB200 | RTX PRO 6000 BSE
 # gpu_cc_mode = "on"           # on | devtools | off | ppcie (HGX Hopper multi-GPU only)
+# gpu_devtools_acknowledged = False   # required (True) for gpu_cc_mode devtools outside the lab: debug only
 
 # --- KBS --------------------------------------------------------------------------
 kbs_url = "https://kbs-01.example.net:8080"
@@ -37,8 +38,9 @@ kbs_url = "https://kbs-01.example.net:8080"
 # kbs_gpu_resources = None     # resource paths that also need GPU attestation (default: all, with GPU workers)
 # kbs_policy_file = None       # your own Rego resource policy (the sample-denial check still runs)
 # kbs_attestation_policy_file = None
-# kbs_reference_values = {}    # {"snp_launch_measurement": ["..."]}
+# kbs_reference_values = {}    # replaces ccfactory's computed values per name: {"snp_tsme_enabled": True}
 # kbs_reference_values_file = None
+# kbs_tdx_first_use = {}       # TDX values pinned on first use: {"worker-2": "~/tokens/worker-2.jwt"}
 # kbs_lab_permissive = False   # lab only; refused anywhere else
 # kbs_pki_dir = None           # controller dir of KBS keys (default ~/.ccfactory/sites/<kbs host>/pki)
 # kbs_ca_key_file = None       # bring your own CA: its key (with kbs_ca_cert)
@@ -49,8 +51,9 @@ kbs_url = "https://kbs-01.example.net:8080"
 
 # --- runtime (containerd, Kata, CoCo guest components) -------------------------------
 # runtime_shims = None         # default by TEE and GPUs: kata-qemu-snp (+ kata-qemu-nvidia-gpu-snp)
-# runtime_guest_pull = False   # image pull inside the guest (nydus; needs it pinned in the BOM)
+# runtime_guest_pull = False   # True: guest pull through nydus (needs it pinned in the BOM); False: experimental_force_guest_pull
 # runtime_drain = False        # allow replacing Kata while sandboxes run
+# runtime_smoke_image = "registry.example/library/busybox@sha256:<64 hex>"   # the attestation check's guest pulls it
 # runtime_kubeconfig = None    # apply RuntimeClasses + node labels with kubectl when set
 # runtime_output_dir = "~/.local/share/ccfactory/runtime"   # manifests + initdata report
 # template_overlay_dirs = []   # site templates shadowing ccfactory's by relative path
@@ -61,7 +64,8 @@ kbs_url = "https://kbs-01.example.net:8080"
 # runtime_kata_timeout = 300   # s, CPU guests
 # runtime_kata_gpu_timeout = 1200
 # runtime_snp_guest_policy = 0x30000
-# runtime_tdx_qgs_port = 4050
+# runtime_snp_debug_acknowledged = False   # required (True) for the policy's DEBUG bit 19 outside the lab
+# runtime_tdx_qgs_port = 0
 # coco_resource_uris = []      # ["kbs:///models/llama-3/key"]: fetched by the guest's CDH
 # runtime_health_timeout = 60.0
 
@@ -75,6 +79,7 @@ artifact_source = "upstream"   # upstream | mirror | local
 # artifact_mirror_url = None   # with mirror: base URL holding the BOM files by name
 # artifact_dir = None          # with local: controller directory holding the BOM files
 # artifact_cache_dir = "~/.cache/ccfactory/artifacts"
+# bom_site_file = "~/.ccfactory/site-bom.toml"   # your pins (Trustee image digest, ...): `ccfactory bom pin trustee --site-bom FILE`
 
 # --- lab (written only by `ccfactory lab up`) ---------------------------------------
 # lab = False

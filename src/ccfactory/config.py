@@ -18,22 +18,50 @@ Example::
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ccfactory.gpus import gpu_model_by_name, gpu_models
+from ccfactory.model import (  # noqa: F401 (re-exported: the typed view, built here from the inventory)
+    DEFAULT_ARTIFACT_CACHE,
+    DEFAULT_GRACEFUL_TIMEOUT,
+    DEFAULT_REBOOT_TIMEOUT,
+    ArtifactSource,
+    ArtifactSourceKind,
+    BmcConfig,
+    GpuCcMode,
+    GpuConfig,
+    KbsConfig,
+    NodeConfig,
+    RebootPolicy,
+    RuntimeConfig,
+    SecretRef,
+    StrictModel,
+    Tee,
+)
+from ccfactory.validate import (  # noqa: F401 (also re-exported: the inventory checks and tests import them from here)
+    RESOURCE_PATH_RE,
+    RESOURCE_URI_RE,
+    SECRET_IN_URL,
+    host_name_problem,
+    host_problem,
+    https_base_url,
+    normalize_host,
+    regular_file_problem,
+    resource_uri_problem,
+    safe_path_component,
+    secret_file_problem,
+    url_host,
+    url_identity,
+    url_problem,
+)
 
-Tee = Literal["snp", "tdx", "none"]
-GpuCcMode = Literal["on", "devtools", "off", "ppcie"]
-ArtifactSourceKind = Literal["upstream", "mirror", "local"]
 
 # Inventory groups that carry meaning for ccfactory.
 ROLE_GROUPS = {"workers": "worker", "kbs": "kbs"}
@@ -44,18 +72,30 @@ GPU_GROUP = "gpu"
 # bios_profile_dirs. Validation asks the profiles themselves; this is for help texts.
 KNOWN_BMC_VENDORS = ("dell", "hpe", "lenovo", "supermicro", "generic")
 
-DEFAULT_REBOOT_TIMEOUT = 1800  # bare-metal GPU servers take 10-30 minutes to POST
-DEFAULT_GRACEFUL_TIMEOUT = 300  # an OS that honours ACPI has stopped sshd well before this
 MIN_GRACEFUL_TIMEOUT = 60  # outside the lab: below this a normal shutdown could be cut short
-DEFAULT_ARTIFACT_CACHE = "~/.cache/ccfactory/artifacts"
+
+# SEV-SNP guest policy (AMD SEV Secure Nested Paging Firmware ABI Specification, pub. 56860,
+# "Guest Policy" table): a 64-bit field; bit 17 is reserved and must be one; bit 19 (DEBUG)
+# lets the host debug (read and write) the guest's memory.
+SNP_POLICY_RESERVED_ONE = 1 << 17
+SNP_POLICY_DEBUG = 1 << 19
+# Kata guest sizes: Kata's Go runtime refuses less than 256 MiB (virtcontainers/hypervisor.go,
+# MinHypervisorMemory = 256); kata-types caps vCPUs at 256 (config/default.rs, MAX_QEMU_VCPUS).
+# The memory ceiling (4 TiB) is ccfactory's: Kata itself caps at the host's memory at run time.
+KATA_MIN_MEMORY_MIB = 256
+KATA_MAX_MEMORY_MIB = 4 * 1024 * 1024
+KATA_MAX_VCPUS = 256
+# bios_overrides min_sev_asid (BIOS "Minimum SEV non-ES ASID"): ASIDs below it are for SEV-ES
+# and SNP guests, so 1 leaves none. Dell R750's BiosRegistry allows 1..510 (EPYC 7003: 509
+# ASIDs); EPYC 9004/9005 have 1006, so at most 1007.
+MIN_SEV_ASID_RANGE = (1, 1007)
 
 # Keys that hold secrets must never carry the secret itself: only a reference.
 _SECRET_KEY = re.compile(r"(password|passwd|secret|token|private_key|api_key)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel  # HostData too: unknown keys refused, frozen
 
 
 def _opt(default: Any, description: str, section: str, **kw: Any) -> Any:
@@ -68,6 +108,9 @@ class HostData(_Strict):
     Connector keys (``ssh_*`` ...) and pyinfra global arguments (``_sudo`` ...) belong to
     pyinfra and are not listed here.
     """
+
+    # inf and nan are not durations or sizes (pydantic accepts them for floats by default)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- node identity
     tee: Tee | None = _opt(
@@ -119,7 +162,7 @@ class HostData(_Strict):
         "bmc",
     )
     # --- GPUs
-    gpu_count: int = _opt(0, "Number of NVIDIA GPUs the node must have.", "gpu", ge=0, le=64)
+    gpu_count: int = _opt(0, "Number of NVIDIA GPUs the node must have (an integer, not a bool).", "gpu", ge=0, le=64)
     gpu_model: str | None = _opt(
         None, f"Expected GPU model: one of {', '.join(gpu_models())}.", "gpu"
     )
@@ -128,6 +171,12 @@ class HostData(_Strict):
         "GPU confidential-computing mode for all GPUs of the node: `on`, `devtools` "
         "(CC with debugging allowed, never for production), `off`, or `ppcie` "
         "(protected PCIe, HGX Hopper multi-GPU only).",
+        "gpu",
+    )
+    gpu_devtools_acknowledged: bool = _opt(
+        False,
+        "Acknowledge that `gpu_cc_mode = devtools` lets the host debug the GPUs (no confidentiality): "
+        "required for devtools outside the lab.",
         "gpu",
     )
     # --- KBS (Trustee)
@@ -150,16 +199,19 @@ class HostData(_Strict):
         "kbs",
     )
     kbs_policy_file: str | None = _opt(
-        None, "Controller-side Rego file replacing ccfactory's strict resource policy.", "kbs"
+        None, "Controller-side Rego file replacing ccfactory's strict resource policy; refused before upload if it does not compile or releases anything to sample (non-TEE) evidence.", "kbs"
     )
     kbs_attestation_policy_file: str | None = _opt(
-        None, "Controller-side Rego file replacing Trustee's default attestation policy.", "kbs"
+        None, "Controller-side Rego file replacing the built-in AS's CPU attestation policy (id `default_cpu`); must compile.", "kbs"
     )
-    kbs_reference_values: dict[str, list[str | int | bool]] = _opt(
-        {}, "Reference values for RVPS by name, e.g. `{\"snp_launch_measurement\": [\"...\"]}`.", "kbs"
+    kbs_reference_values: dict[str, list[str | int | bool] | str | int | bool] = _opt(
+        {}, "Reference values for RVPS by name, replacing ccfactory's own per name: a list for names the attestation policy tests with `in` (`snp_launch_measurement`), one value for names it tests with `==` (`snp_smt_enabled`).", "kbs"
     )
     kbs_reference_values_file: str | None = _opt(
         None, "Controller-side TOML/JSON file of reference values (name = [values]); inventory wins per name.", "kbs"
+    )
+    kbs_tdx_first_use: dict[str, str] = _opt(
+        {}, "TDX reference values pinned on first use: TDX worker name -> controller-side file with one EAR token this KBS issued to a guest on it (listing it approves it; docs/reference-values.md).", "kbs"
     )
     kbs_lab_permissive: bool = _opt(
         False, "LAB ONLY: release resources to any attested client, sample evidence included. Refused outside the lab.",
@@ -197,6 +249,13 @@ class HostData(_Strict):
     runtime_drain: bool = _opt(
         False, "Allow replacing Kata while sandboxes run on it (drain the node first).", "runtime"
     )
+    runtime_smoke_image: str | None = _opt(
+        None,
+        "Image the attestation check's TEE guest pulls itself (`registry/name@sha256:<64 hex>`, a busybox image "
+        "your guests can reach); required for that check outside the lab.",
+        "runtime",
+        pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$",
+    )
     runtime_kubeconfig: str | None = _opt(
         None, "Controller-side kubeconfig; when set, RuntimeClasses and node labels are applied with kubectl.", "runtime"
     )
@@ -208,22 +267,53 @@ class HostData(_Strict):
     template_overlay_dirs: list[str] = _opt(
         [], "Controller-side directories whose templates shadow ccfactory's by relative path.", "runtime"
     )
-    runtime_kata_memory: int = _opt(2048, "Default guest memory (MiB) for CPU Kata shims.", "runtime", ge=256)
-    runtime_kata_vcpus: int = _opt(1, "Default guest vCPUs for CPU Kata shims.", "runtime", ge=1)
-    runtime_kata_gpu_memory: int = _opt(16384, "Default guest memory (MiB) for GPU Kata shims.", "runtime", ge=1024)
-    runtime_kata_gpu_vcpus: int = _opt(4, "Default guest vCPUs for GPU Kata shims.", "runtime", ge=1)
-    runtime_kata_timeout: int = _opt(300, "Agent dial and create-container timeout (s), CPU guests.", "runtime", ge=30)
-    runtime_kata_gpu_timeout: int = _opt(
-        1200, "Agent dial and create-container timeout (s), GPU guests.", "runtime", ge=60
+    runtime_kata_memory: int = _opt(
+        2048, "Default guest memory (MiB) for CPU Kata shims; 256 (Kata's minimum) to 4194304 (4 TiB).", "runtime",
+        ge=KATA_MIN_MEMORY_MIB, le=KATA_MAX_MEMORY_MIB,
     )
-    runtime_snp_guest_policy: int = _opt(0x30000, "SEV-SNP guest policy for the SNP shims.", "runtime", ge=0)
-    runtime_tdx_qgs_port: int = _opt(4050, "TDX quote generation service vsock port.", "runtime", ge=0, le=65535)
+    runtime_kata_vcpus: int = _opt(
+        1, "Default guest vCPUs for CPU Kata shims; 1 to 256 (Kata's MAX_QEMU_VCPUS).", "runtime", ge=1, le=KATA_MAX_VCPUS
+    )
+    runtime_kata_gpu_memory: int = _opt(
+        16384, "Default guest memory (MiB) for GPU Kata shims; 1024 to 4194304 (4 TiB).", "runtime",
+        ge=1024, le=KATA_MAX_MEMORY_MIB,
+    )
+    runtime_kata_gpu_vcpus: int = _opt(
+        4, "Default guest vCPUs for GPU Kata shims; 1 to 256.", "runtime", ge=1, le=KATA_MAX_VCPUS
+    )
+    runtime_kata_timeout: int = _opt(
+        300, "Agent dial and create-container timeout (s), CPU guests; 30 to 86400.", "runtime", ge=30, le=86400
+    )
+    runtime_kata_gpu_timeout: int = _opt(
+        1200, "Agent dial and create-container timeout (s), GPU guests; 60 to 86400.", "runtime", ge=60, le=86400
+    )
+    runtime_snp_guest_policy: int = _opt(
+        0x30000,
+        "SEV-SNP guest policy for the SNP shims (AMD SEV-SNP ABI spec 56860, 'Guest Policy'): a 64-bit field (at most 2^63-1 in TOML), reserved "
+        "bit 17 set; DEBUG (bit 19) only with `runtime_snp_debug_acknowledged` or in the lab.",
+        "runtime",
+        ge=0,
+        # the ABI field is 64 bits, but TOML integers are signed 64-bit (TOML 1.0, Integer) and
+        # bits 63:26 are reserved (must be zero), so 2**63-1 is the largest policy Kata can read
+        le=2**63 - 1,
+    )
+    runtime_snp_debug_acknowledged: bool = _opt(
+        False,
+        "Acknowledge that the SNP guest policy's DEBUG bit lets the host read and write guest memory: "
+        "required for it outside the lab.",
+        "runtime",
+    )
+    runtime_tdx_qgs_port: int = _opt(
+        0, "TDX quote generation service vsock port; 0 (Kata 4.1.0's default): the QGS Unix socket "
+        "`/var/run/tdx-qgs/qgs.socket` if it exists, else vsock 4050.", "runtime", ge=0, le=65535
+    )
     coco_resource_uris: list[str] = _opt(
         [], "KBS resources (`kbs:///repo/type/tag`) the guest's confidential data hub fetches at start.", "runtime"
     )
     runtime_health_timeout: float = _opt(
-        60.0, "Seconds to wait for containerd to be healthy after a config change before rolling back.", "runtime",
-        gt=0,
+        60.0, "Seconds to wait for containerd to be healthy after a config change before rolling back (finite, "
+        "at most 3600).", "runtime",
+        gt=0, le=3600,
     )
     # --- reboots
     reboot_batch_size: int = _opt(
@@ -262,14 +352,31 @@ class HostData(_Strict):
     artifact_cache_dir: str = _opt(
         DEFAULT_ARTIFACT_CACHE, "Controller-side cache of verified artifacts.", "artifacts"
     )
+    bom_site_file: str | None = _opt(
+        None,
+        "Controller-side TOML file of the site's own BOM entries (`[[artifact]]`), laid over the packaged BOM: "
+        "pins what the packaged BOM leaves unpinned (`ccfactory bom pin NAME --site-bom FILE` writes it) or "
+        "replaces an entry (e.g. an image from the site's registry mirror, same digest).",
+        "artifacts",
+    )
     # --- lab
     lab: bool = _opt(
         False,
         "Set only by `ccfactory lab up` in the inventory it writes: allows lab stand-ins. "
-        "Refused unless `lab_dir` holds a running lab that has this host.",
+        "Refused unless the host is a node of a lab running on this controller, proven from live state "
+        "(see Validation rules).",
         "lab",
     )
     lab_dir: str | None = _opt(None, "Directory of the lab this host belongs to.", "lab")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode turns True into 1 for int and float keys (gpu_count = True: one
+        # GPU); a bool where a number belongs is refused instead
+        if isinstance(value, bool) and info.field_name in _NUMBER_FIELDS:
+            raise ValueError(f"a bool is not a number (got {value!r}); fix: give the number itself, e.g. 8")
+        return value
 
     @field_validator("bios_overrides", mode="before")
     @classmethod
@@ -280,6 +387,16 @@ class HostData(_Strict):
             if bad:
                 raise ValueError(f"{', '.join(bad)}: a bool is not a BIOS value; give the BIOS value, e.g. 'Enabled' or 100")
         return value
+
+
+def _is_number_annotation(annotation: Any) -> bool:
+    import typing
+
+    args = typing.get_args(annotation) or (annotation,)
+    return any(a in (int, float) for a in args)
+
+
+_NUMBER_FIELDS = frozenset(k for k, f in HostData.model_fields.items() if _is_number_annotation(f.annotation))
 
 
 # Fix hints shown with an error on a field, when the error itself does not say.
@@ -302,8 +419,14 @@ class Problem:
     fix: str = ""
 
     def __str__(self) -> str:
-        text = f"{self.host}: {self.field}: {self.message}"
-        return f"{text}; fix: {self.fix}" if self.fix else text
+        # a newline or control character in a host name or value must not forge a line
+        host, field, message, fix = (_printable(t) for t in (self.host, self.field, self.message, self.fix))
+        text = f"{host}: {field}: {message}"
+        return f"{text}; fix: {fix}" if fix else text
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class InventoryError(Exception):
@@ -314,143 +437,6 @@ class InventoryError(Exception):
         lines = [f"{len(self.problems)} problem(s) in the inventory, no host was touched:"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
-
-
-# ---------------------------------------------------------------- typed view
-
-
-class SecretRef(_Strict):
-    """Where the controller finds a secret; never the secret itself."""
-
-    env: str | None = None
-    file: str | None = None
-
-    def describe(self) -> str:
-        return f"environment variable {self.env}" if self.env else f"file {self.file}"
-
-    def problem(self) -> str | None:
-        """Why the secret cannot be read right now, or None."""
-        if self.env:
-            return None if os.environ.get(self.env) else f"environment variable {self.env} is not set or empty"
-        path = Path(self.file or "").expanduser()
-        if not path.is_file():
-            return f"file {path} does not exist"
-        if not os.access(path, os.R_OK):
-            return f"file {path} is not readable"
-        return None
-
-    def reveal(self) -> str:
-        """The secret. Callers must never print, log or store what this returns."""
-        if self.env:
-            value = os.environ.get(self.env, "")
-        else:
-            value = Path(self.file or "").expanduser().read_text().strip()
-        if not value:
-            raise ValueError(f"secret from {self.describe()} is empty")
-        return value
-
-
-class BmcConfig(_Strict):
-    vendor: str
-    address: str
-    port: int = 443
-    username: str
-    password: SecretRef
-    verify_tls: bool = True
-    ca_bundle: str | None = None
-    system_id: str | None = None
-    timeout: float = 30.0
-    retries: int = 4
-    retry_backoff: float = 1.0
-    bios_overrides: dict[str, str | int] = {}
-    bios_profile_dirs: tuple[str, ...] = ()
-
-    @property
-    def base_url(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"https://{host}:{self.port}"
-
-
-class GpuConfig(_Strict):
-    count: int = 0
-    model: str | None = None
-    cc_mode: GpuCcMode = "on"
-
-
-class KbsConfig(_Strict):
-    url: str | None = None
-    ca_cert: str | None = None
-
-
-class RuntimeConfig(_Strict):
-    """The runtime stage's options: ``HostData``'s ``runtime_*`` keys (plus
-    ``template_overlay_dirs`` and ``coco_resource_uris``) without the prefix. No defaults
-    here: ``HostData`` holds them, once (``RuntimeConfig.from_host_data``)."""
-
-    shims: tuple[str, ...] | None
-    guest_pull: bool
-    drain: bool
-    kubeconfig: str | None
-    output_dir: str
-    template_overlay_dirs: tuple[str, ...]
-    kata_memory: int
-    kata_vcpus: int
-    kata_gpu_memory: int
-    kata_gpu_vcpus: int
-    kata_timeout: int
-    kata_gpu_timeout: int
-    snp_guest_policy: int
-    tdx_qgs_port: int
-    coco_resource_uris: tuple[str, ...]
-    health_timeout: float
-
-    @classmethod
-    def from_host_data(cls, d: HostData) -> RuntimeConfig:
-        unprefixed = {"template_overlay_dirs", "coco_resource_uris"}
-        values = {f: getattr(d, f if f in unprefixed else f"runtime_{f}") for f in cls.model_fields}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-class RebootPolicy(_Strict):
-    batch_size: int = 1
-    timeout: int = DEFAULT_REBOOT_TIMEOUT
-    graceful_timeout: int = DEFAULT_GRACEFUL_TIMEOUT
-
-
-class ArtifactSource(_Strict):
-    kind: ArtifactSourceKind = "upstream"
-    mirror_url: str | None = None
-    directory: str | None = None
-    cache_dir: str = DEFAULT_ARTIFACT_CACHE
-
-
-class NodeConfig(_Strict):
-    """The validated configuration of one host, as every role reads it."""
-
-    name: str
-    groups: tuple[str, ...]
-    roles: frozenset[str]
-    tee: Tee
-    bmc: BmcConfig | None
-    gpu: GpuConfig
-    kbs: KbsConfig
-    runtime: RuntimeConfig
-    reboot: RebootPolicy
-    artifacts: ArtifactSource
-    lab: bool
-    lab_dir: str | None
-
-    @property
-    def is_worker(self) -> bool:
-        return "worker" in self.roles
-
-    @property
-    def is_kbs(self) -> bool:
-        return "kbs" in self.roles
-
-    @property
-    def has_gpus(self) -> bool:
-        return self.gpu.count > 0
 
 
 # ---------------------------------------------------------------- loading
@@ -481,6 +467,11 @@ def _unknown_key_problem(host: str, key: str) -> Problem:
         )
     close = difflib.get_close_matches(key, HostData.model_fields, n=1, cutoff=0.75)
     fix = f"did you mean '{close[0]}'?" if close else "remove it (see README, 'Configuration')"
+    if not key.isascii():
+        # a look-alike (Cyrillic 'а' for 'a', a zero-width space...) prints like the real key
+        odd = ", ".join(f"U+{ord(c):04X}" for c in dict.fromkeys(key) if not c.isascii())
+        fix = f"the key contains non-ASCII characters ({odd}); retype it" + (f": did you mean '{close[0]}'?" if close else "")
+        return Problem(host, ascii(key)[1:-1], "unknown key (contains non-ASCII characters)", fix)
     return Problem(host, key, "unknown key", fix)
 
 
@@ -499,40 +490,77 @@ def _pydantic_problems(host: str, error: ValidationError) -> list[Problem]:
             problems.append(_unknown_key_problem(host, field))
             continue
         got = err.get("input")
-        message = err["msg"]
-        if not isinstance(got, (dict, list)):
+        message, _, fix = err["msg"].removeprefix("Value error, ").partition("; fix: ")
+        if not isinstance(got, (dict, list)) and "(got " not in message:
             message = f"{message} (got {got!r})"
-        problems.append(Problem(host, field, message, FIELD_HINTS.get(field, "")))
+        fix = fix or FIELD_HINTS.get(field) or f"see {field.split('.')[0]} in the README's Configuration section"
+        problems.append(Problem(host, field, message, fix))
     return problems
 
 
-def _check_url(value: str, *, https_only: bool) -> str | None:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "not an http(s) URL with a host"
-    if https_only and parts.scheme != "https":
-        return "must use https"
-    return None
+# Every rule enforced on inventory input beyond a key's type and range, with its source; the
+# README's "Validation rules" list is generated from this (ccfactory docs) plus the ranges of
+# HostData's fields. (keys, rule, source)
+VALIDATION_RULES: tuple[tuple[str, str, str], ...] = (
+    ("(any key)", "unknown keys are refused, with a 'did you mean'; a key with non-ASCII characters (a look-alike) says so and shows their code points", "ccfactory"),
+    ("(any key)", "a key named like a secret (`*password`, `*secret`, `*token`, `*private_key`, `*api_key`) is refused and its value never printed: give `<key>_env` or `<key>_file`", "ccfactory"),
+    ("(numbers)", "a bool is not a number (pydantic would read True as 1); floats must be finite (no inf, nan)", "ccfactory"),
+    ("bmc_address", "an IP address (IPv4, IPv6 bare or in brackets) or a host name (IDNA via Python's `idna` codec, RFC 1123 labels, last label not numeric); no `user:password@` (a literal secret, never printed), no `host:port` (use bmc_port), no URL, query, fragment, zone index, whitespace, control characters or quotes", "RFC 1123 2.1, RFC 3696 2, RFC 3986 3.2.2"),
+    ("bmc_address", "two hosts with the same BMC (same address in any letter case or IPv6 spelling, same port) are refused", "ccfactory"),
+    ("bmc_address", "the Redfish URL is built from parts, an IPv6 address bracketed once", "RFC 3986 3.2.2"),
+    ("kbs_url", "parsed by `urllib.parse.urlsplit`: https (http only in the lab), a host name or IP, port 1-65535, no path, query, fragment or user information (a secret: never printed), no whitespace, control characters or quotes", "RFC 3986; Trustee serves /kbs/v0 at the root"),
+    ("kbs_url", "when the inventory has a KBS host, every worker's kbs_url must be one a KBS host serves (scheme, host, port)", "ccfactory"),
+    ("artifact_mirror_url", "http(s), a host, port 1-65535, a path without `..`, no query, fragment or user information (never printed)", "RFC 3986"),
+    ("runtime_snp_guest_policy", "reserved bit 17 must be set; DEBUG (bit 19) only with runtime_snp_debug_acknowledged or in the lab; at most 2^63-1 (TOML integers are signed 64-bit; bits 63:26 are reserved)", "AMD SEV-SNP Firmware ABI spec 56860, Guest Policy table; TOML 1.0 Integer"),
+    ("bios_overrides.min_sev_asid", "1 to 1007", "Dell R750 BiosRegistry 1..510 (EPYC 7003: 509 ASIDs); EPYC 9004/9005: 1006 ASIDs"),
+    ("runtime_kata_memory, runtime_kata_gpu_memory, runtime_kata_vcpus, runtime_kata_gpu_vcpus", "guest memory at least 256 MiB, at most 4 TiB; vCPUs 1-256", "Kata virtcontainers/hypervisor.go MinHypervisorMemory = 256; kata-types config/default.rs MAX_QEMU_VCPUS = 256"),
+    ("reboot_timeout", "outside the lab, when reboot_graceful_timeout is unset, its derived value (half of reboot_timeout, at most 300) must be at least 60: reboot_timeout at least 120", "ccfactory (MIN_GRACEFUL_TIMEOUT)"),
+    ("gpu_cc_mode", "devtools outside the lab needs gpu_devtools_acknowledged = True", "NVIDIA: devtools mode is for debugging, not confidential"),
+    ("bmc_password_file, kbs_ca_key_file, kbs_tls_key_file, kbs_admin_key_file", "a regular file, not a symlink (`os.lstat`; read with O_NOFOLLOW), owned by the controller user, mode 0600 or stricter", "ssh(1) rule for private keys"),
+    ("kbs_resources, kbs_tls_cert_file, kbs_policy_file, ...", "each file resolves to a regular readable file outside /proc, /sys and /dev (no devices, FIFOs, sockets, directories, process environments)", "ccfactory"),
+    ("kbs_resources, kbs_gpu_resources", "resource paths `<repo>/<type>/<tag>`, matched whole (`\\A...\\Z`: a trailing newline does not pass)", "Trustee kbs/src/plugins/implementations/resource/backend.rs (ResourceDesc)"),
+    ("coco_resource_uris", "`kbs:///<repo>/<type>/<tag>` with the same segment rule: no `..`, no host, exactly three segments", "guest-components confidential-data-hub; Trustee ResourceDesc"),
+    ("(host name)", "one path component of letters, digits, '.', '-', '_', ':', '@', no '..' (host names become controller paths: sites/<host>/pki, reports/<host>.json)", "ccfactory"),
+    ("(paths)", "`~user` must name a user of the controller; template_overlay_dirs must be directories", "ccfactory"),
+    ("(groups)", "a host in two groups whose data give one key different values is refused (unless the host's own data sets it), naming both groups", "pyinfra merges group data silently, last group wins"),
+    ("ssh_hostname", "group data (or global data) may not give the same ssh_hostname to two hosts", "ccfactory"),
+    ("ssh_hostname", "the bmc_address parser: a host name (IDNA) or IP address, IPv6 bare (paramiko passes it to `getaddrinfo`, which takes no brackets); no `user:password@` (a literal secret, never printed; the user goes in ssh_user), no `host:port` (use ssh_port), no URL, whitespace, control characters or quotes", "RFC 1123 2.1; RFC 4291 2.2 (IPv6 text form)"),
+    ("(inventory)", "an inventory without hosts is refused; a Python error in an inventory or group-data file is reported as file:line: message", "ccfactory"),
+    ("lab", "accepted only for a node of a lab running on this controller, proven from live state, never from a file: `lab.json` and `pki/ca.pem` owned by root (the lab runs as root) and writable by nobody else, the CA's SHA-256 the one `lab up` recorded; the node's supervisor alive (pid and start time), its command line `-m ccfactory.lab.supervisor --lab-dir <lab_dir> --node <node>`, run by root; bridge `ccflab0` up with the lab gateway, the node's veth on it, its network namespace present. The host must connect to that node's address (ssh_hostname, else the host name), and bmc_address, bmc_ca_bundle and the kbs_url host must be the node's BMC on `ccfbmc0`, the lab CA and a node of the same lab; otherwise no lab relaxation applies", "ccfactory (ccfactory.lab.proof)"),
+    ("(rendered configs)", "aa.toml, cdh.toml, the Kata and containerd drop-ins write every value through a TOML serializer (tomli_w); initdata is serialized by tomli_w, reports by json", "ccfactory"),
+)
 
 
-def _lab_problem(host: str, data: HostData) -> Problem | None:
-    """A host may use lab stand-ins only if a real lab on this machine has it."""
-    if not data.lab_dir:
-        return Problem(host, "lab", "lab is true but lab_dir is not set", "only `ccfactory lab up` sets lab")
-    state = Path(data.lab_dir) / "lab.json"
-    try:
-        nodes = json.loads(state.read_text()).get("nodes", {})
-    except (OSError, ValueError):
-        return Problem(
-            host, "lab", f"lab is true but {state} holds no running lab", "run `ccfactory lab up`, or remove lab"
-        )
-    if host not in nodes and not any(n.get("address") == host for n in nodes.values()):
-        return Problem(host, "lab", f"lab is true but the lab in {data.lab_dir} has no node {host}", "remove lab")
-    return None
+# (the hostile-input validators live in ccfactory.validate, imported above)
+
+def _lab_problems(host: str, data: HostData, raw: Mapping[str, Any]) -> list[Problem]:
+    """A host may use lab stand-ins only if it is a node of a lab running on this controller,
+    proven from live state (``ccfactory.lab.proof``), never from a file anyone can write."""
+    from ccfactory.lab.proof import lab_host_problems
+
+    facts = {**data.model_dump(include={"lab_dir", "bmc_address", "bmc_ca_bundle", "kbs_url"}),
+             "ssh_hostname": raw.get("ssh_hostname")}  # fmt: skip
+    return [Problem(host, field, message, fix) for field, message, fix in lab_host_problems(host, facts)]
+
+
+def _ssh_hostname_problems(host: str, raw: Mapping[str, Any]) -> list[Problem]:
+    """pyinfra's ``ssh_hostname`` (a connector key, else passed through unchecked): the same
+    parser as ``bmc_address``; IPv6 bare, as paramiko hands it to ``getaddrinfo``."""
+    value = raw.get("ssh_hostname")
+    if value is None:
+        return []
+    if not isinstance(value, str):
+        return [Problem(host, "ssh_hostname", f"is not a string ({type(value).__name__})", "give the host's name or IP address")]
+    if bad := host_problem(value):
+        message, bmc_fix = bad
+        if "@" in value:
+            fix = "give only the host's name or IP: the user goes in ssh_user; SSH logs in with a key (ssh_key)"
+        else:
+            fix = "put the port in ssh_port" if "bmc_port" in bmc_fix else "give the host's name or IP address"
+        return [Problem(host, "ssh_hostname", message, fix)]
+    if value.startswith("["):
+        return [Problem(host, "ssh_hostname", "an IPv6 address in brackets: SSH takes it bare", f"use {value[1:-1]}")]
+    return []
 
 
 def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) -> tuple[list[Problem], Tee]:
@@ -567,8 +595,38 @@ def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) ->
                     f"{data.reboot_graceful_timeout}s is not below reboot_timeout ({data.reboot_timeout}s): a host that "
                     "ignores a GracefulRestart would fail before it is force-restarted",
                     "set it below reboot_timeout, or leave it unset"))
+    elif data.reboot_graceful_timeout is None and not data.lab:
+        derived = min(DEFAULT_GRACEFUL_TIMEOUT, data.reboot_timeout // 2)
+        if derived < MIN_GRACEFUL_TIMEOUT:
+            add(Problem(host, "reboot_timeout",
+                        f"{data.reboot_timeout}s leaves a graceful-reboot window of {derived}s (half of it), below the "
+                        f"minimum of {MIN_GRACEFUL_TIMEOUT}s",
+                        f"use at least {2 * MIN_GRACEFUL_TIMEOUT}s (bare metal takes 10-30 minutes to POST)"))
     if "workers" in groups and tee == "none":
         add(Problem(host, "tee", "a worker needs a TEE", "put the host in the snp or tdx group, or set tee"))
+    if bad_name := host_name_problem(host):
+        add(Problem(host, "(host name)", bad_name, "rename the host (its address goes in ssh_hostname)"))
+
+    # SEV-SNP guest policy (AMD SEV-SNP ABI spec 56860, "Guest Policy"); the 64-bit limit is
+    # the field's le=2**64-1
+    policy = data.runtime_snp_guest_policy
+    if not policy & SNP_POLICY_RESERVED_ONE:
+        add(Problem(host, "runtime_snp_guest_policy", f"{policy:#x} has reserved bit 17 clear; the SNP firmware "
+                    "refuses a policy without it (ABI spec 56860, Guest Policy)", f"use {policy | SNP_POLICY_RESERVED_ONE:#x}"))
+    if policy & SNP_POLICY_DEBUG and not (data.runtime_snp_debug_acknowledged or data.lab):
+        add(Problem(host, "runtime_snp_guest_policy", f"{policy:#x} sets DEBUG (bit 19): the host could read and "
+                    "write the guests' memory", f"use {policy & ~SNP_POLICY_DEBUG:#x}, or set "
+                    "runtime_snp_debug_acknowledged = True for a debug-only site"))
+    for i, uri in enumerate(data.coco_resource_uris):
+        if bad_uri := resource_uri_problem(uri):
+            add(Problem(host, f"coco_resource_uris[{i}]", f"{uri!r} {bad_uri}", "e.g. kbs:///models/llama-3/key"))
+    asid = data.bios_overrides.get("min_sev_asid")
+    if asid is not None:
+        low, high = MIN_SEV_ASID_RANGE
+        number = asid if isinstance(asid, int) else int(asid) if str(asid).strip().isdigit() else None
+        if number is not None and not low <= number <= high:
+            add(Problem(host, "bios_overrides", f"min_sev_asid: {number} is outside {low}-{high} (ASIDs below it "
+                        "are for SEV-ES/SNP guests; EPYC has at most 1006)", "e.g. 100, or 509 for the most SNP guests"))
 
     # GPUs
     if GPU_GROUP in groups and data.gpu_count == 0:
@@ -593,6 +651,9 @@ def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) ->
             )
         elif mode == "ppcie" and data.gpu_count < 2:
             add(Problem(host, "gpu_cc_mode", "ppcie protects multi-GPU HGX systems; gpu_count is 1", "use on"))
+    if data.gpu_cc_mode == "devtools" and not data.lab and not data.gpu_devtools_acknowledged:
+        add(Problem(host, "gpu_cc_mode", "devtools lets the host debug the GPUs: no confidentiality, never for production",
+                    "use on, or set gpu_devtools_acknowledged = True on a debug-only host"))
     if data.gpu_count and tee == "none" and data.gpu_cc_mode != "off":
         add(Problem(host, "gpu_cc_mode", "GPU CC mode needs a CPU TEE, but tee is none", "use off, or set tee"))
 
@@ -626,10 +687,8 @@ def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) ->
         )
     if data.bmc_vendor:
         add_all(_bios_problems(host, data, tee))
-    if data.bmc_address:
-        bad = _check_url(f"https://{data.bmc_address}", https_only=True)
-        if bad or "/" in data.bmc_address:
-            add(Problem(host, "bmc_address", "not a host name or IP address", "give the BMC's name or IP, no URL"))
+    if data.bmc_address and (bad := host_problem(data.bmc_address)):
+        add(Problem(host, "bmc_address", *bad))
     if data.bmc_ca_bundle and not data.bmc_verify_tls:
         add(Problem(host, "bmc_ca_bundle", "set while bmc_verify_tls is false", "drop one of them"))
     if not data.bmc_verify_tls and not data.lab:
@@ -643,26 +702,32 @@ def _cross_field_problems(host: str, groups: tuple[str, ...], data: HostData) ->
         )
 
     # KBS
-    if data.kbs_url:
-        bad = _check_url(data.kbs_url, https_only=not data.lab)
-        if bad:
-            fix = "plain http is only for the lab" if bad == "must use https" else FIELD_HINTS["kbs_url"]
-            add(Problem(host, "kbs_url", bad, fix))
+    if data.kbs_url and (bad := url_problem(data.kbs_url, https_only=not data.lab, path=False)):
+        message, secret = bad
+        if secret:
+            fix = "remove the user information: guests authenticate to the KBS by attestation"
+        elif message == "must use https":
+            fix = "plain http is only for the lab"
+        elif message.startswith("has a path"):
+            fix = "drop the path"
+        else:
+            fix = FIELD_HINTS["kbs_url"]
+        add(Problem(host, "kbs_url", message, fix))
 
     if data.kbs_lab_permissive and not data.lab:
         add(Problem(host, "kbs_lab_permissive", "permissive KBS policy outside the lab", "remove it: production KBS releases secrets only after attestation"))
 
     # artifacts
-    if data.artifact_source == "mirror":
-        if not data.artifact_mirror_url:
-            add(Problem(host, "artifact_mirror_url", "artifact_source is mirror but no URL", "set artifact_mirror_url"))
-        elif bad := _check_url(data.artifact_mirror_url, https_only=False):
-            add(Problem(host, "artifact_mirror_url", bad, "use http(s)://host/path"))
+    if data.artifact_source == "mirror" and not data.artifact_mirror_url:
+        add(Problem(host, "artifact_mirror_url", "artifact_source is mirror but no URL", "set artifact_mirror_url"))
+    if data.artifact_mirror_url and (bad := url_problem(data.artifact_mirror_url, https_only=False, path=True)):
+        message, secret = bad
+        fix = ("remove the credentials: give the mirror's URL without user information (artifacts are checked by "
+               "sha256, the mirror needs no secret)") if secret else "use http(s)://host[:port]/path"
+        add(Problem(host, "artifact_mirror_url", message, fix))
     if data.artifact_source == "local" and not data.artifact_dir:
         add(Problem(host, "artifact_dir", "artifact_source is local but no directory", "set artifact_dir"))
 
-    if data.lab and (lab_problem := _lab_problem(host, data)):
-        add(lab_problem)
     return problems, tee
 
 
@@ -698,10 +763,29 @@ def _file_problems(host: str, data: HostData) -> list[Problem]:
     """Controller-side files named by the inventory must exist."""
     problems = []
     # kbs_ca_cert is not checked here: the kbs stage creates it on its first run
-    for key in ("bmc_ca_bundle", "bmc_password_file"):
+    for key in _CONTROLLER_PATH_KEYS:
         value = getattr(data, key)
         if value and _expand(value) is None:
             problems.append(Problem(host, key, f"{value}: '~' names no user on this controller", "fix the path"))
+    for i, directory in enumerate(data.template_overlay_dirs):
+        path = _expand(directory)
+        if path is None or not path.is_dir():
+            why = "'~' names no user on this controller" if path is None else "is not a directory"
+            problems.append(Problem(host, f"template_overlay_dirs[{i}]", f"{directory} {why}",
+                                    "create it or remove it from template_overlay_dirs"))
+        else:  # an overlay file that shadows no template would be ignored without a word
+            from ccfactory.templating import TemplateOverlayError, check_overlays
+
+            try:
+                check_overlays([str(path)])
+            except TemplateOverlayError as e:
+                problems.append(Problem(host, f"template_overlay_dirs[{i}]", e.message, e.fix))
+    # a password file that is not on this controller is reported by `ccfactory check` as not
+    # readable here (validation may run where the secrets are not); one that is must be private
+    if data.bmc_password_file and (path := _expand(data.bmc_password_file)) is not None and os.path.lexists(path):
+        if bad := secret_file_problem(path):
+            problems.append(Problem(host, "bmc_password_file", bad,
+                                    f"chown {os.geteuid()} and chmod 600 a regular file (no symlink), or use bmc_password_env"))
     value = data.bmc_ca_bundle
     if value and _expand(value) is not None and not _expand(value).is_file():
         problems.append(Problem(host, "bmc_ca_bundle", f"file {value} does not exist on the controller", "fix the path"))
@@ -710,6 +794,11 @@ def _file_problems(host: str, data: HostData) -> list[Problem]:
         if directory is None or not directory.is_dir():
             problems.append(Problem(host, "artifact_dir", f"directory {data.artifact_dir} does not exist", "fix the path"))
     return problems
+
+
+# Controller-side paths whose '~user' must name a user of the controller
+_CONTROLLER_PATH_KEYS = ("bmc_ca_bundle", "bmc_password_file", "kbs_ca_cert", "kbs_pki_dir", "runtime_kubeconfig",
+                         "runtime_output_dir", "artifact_cache_dir", "bom_site_file")
 
 
 def _expand(value: str) -> Path | None:
@@ -741,7 +830,19 @@ def _site_file_problems(host: str, groups: tuple[str, ...], data: HostData, repo
                 message, _, fix = rest.partition("; fix: ")
                 if field not in reported | {"kbs_url", "kbs_lab_permissive"}:  # _cross_field_problems' own
                     problems.append(Problem(host, field, message, fix))
-    if data.lab and data.lab_dir:
+    if data.bom_site_file:
+        from ccfactory.bom import BomError, bom_for
+
+        path = _expand(data.bom_site_file)
+        if path is None or not path.is_file():
+            problems.append(Problem(host, "bom_site_file", f"file {data.bom_site_file} does not exist on the controller",
+                                    "fix the path, or write it with `ccfactory bom pin NAME --site-bom FILE`"))  # fmt: skip
+        else:
+            try:
+                bom_for(False, None, str(path))
+            except BomError as exc:
+                problems += [Problem(host, "bom_site_file", line, "fix the site BOM file") for line in str(exc).splitlines()]
+    if data.lab and data.lab_dir and "lab" not in reported:  # an unproven lab has no overlay to check
         from ccfactory.bom import BomError, bom_for
 
         try:
@@ -774,6 +875,9 @@ def load_node_config(
         host_data = HostData(**{k: v for k, v in ours.items() if k not in bad and k in HostData.model_fields})
     cross, tee = _cross_field_problems(name, groups, host_data)
     problems += [p for p in cross if p.field not in {q.field.split(".")[0] for q in problems}]
+    problems += _ssh_hostname_problems(name, data)
+    if host_data.lab:  # the lab gate: relaxations above hold only for a node of a running lab
+        problems += [p for p in _lab_problems(name, host_data, data) if p.field not in {q.field for q in problems}]
     if check_files:
         problems += _file_problems(name, host_data)
         reported = {p.field.split(".")[0] for p in problems}
@@ -817,6 +921,7 @@ def load_node_config(
             mirror_url=d.artifact_mirror_url,
             directory=d.artifact_dir,
             cache_dir=d.artifact_cache_dir,
+            site_bom=d.bom_site_file,
         ),
         lab=d.lab,
         lab_dir=d.lab_dir,
@@ -861,12 +966,24 @@ def _fleet_problems(configs: Mapping[str, NodeConfig]) -> list[Problem]:
     for name, cfg in configs.items():
         if cfg.bmc is None:
             continue
-        key = (cfg.bmc.address, cfg.bmc.port)
+        # one BMC however it is written: BMC1.example.net, bmc1.example.net; [::1], ::1, 0:0::1
+        key = (normalize_host(cfg.bmc.address), cfg.bmc.port)
         if key in seen:
             problems.append(
                 Problem(name, "bmc_address", f"same BMC as host {seen[key]}", "give each host its own BMC")
             )
         seen.setdefault(key, name)
+    # a worker's guests must attest to a KBS of this site (when the inventory has one)
+    served = {url_identity(c.kbs.url): c.kbs.url for c in configs.values() if c.is_kbs and c.kbs.url}
+    served.pop(None, None)
+    if served:
+        for name, cfg in configs.items():
+            if cfg.is_worker and cfg.kbs.url and url_identity(cfg.kbs.url) not in served:
+                problems.append(
+                    Problem(name, "kbs_url", f"{cfg.kbs.url} is served by no KBS host of this inventory; "
+                            f"they serve {', '.join(sorted(served.values()))}",
+                            "set kbs_url to the URL of a KBS host (scheme, host and port must match)")
+                )
     return problems
 
 
@@ -877,5 +994,18 @@ def node_config(host: Any) -> NodeConfig:
 
         from pyinfra import host
         cfg = node_config(host)
+
+    Kept on the ``Host`` for the run (while its name, groups and data stay the same): roles,
+    the kbs stage and the verify stage ask for it ~20 times per host in a site run, and on a
+    lab host each validation proves the lab from live state with subprocesses (~40 ms).
     """
-    return load_node_config(host.name, host.groups, host.data.dict())
+    data = host.data.dict()
+    key = (host.name, tuple(host.groups))
+    slots = getattr(host, "__dict__", None)
+    memo = slots.get("_ccfactory_node_config") if slots is not None else None
+    if memo is not None and memo[0] == key and memo[1] == data:
+        return memo[2]
+    cfg = load_node_config(host.name, host.groups, data)
+    if slots is not None:
+        slots["_ccfactory_node_config"] = (key, data, cfg)
+    return cfg

@@ -14,9 +14,11 @@ few at a time on first use and cached for the module.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from ccfactory.cli import main as ccfactory_main
+from ccfactory.lab import proof
+from lab_standin import probe_from_spec
 from support import CountingListener
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,10 +66,14 @@ version = "4.1.0-lab"
 filename = "kata-static-lab.tar.xz"
 url = "http://10.199.0.1:8080/kata-static-lab.tar.xz"
 sha256 = "78822f87fed4874dc99239fb3dcc4a0b5dda5c3ca69c60d43c4edb6997a5c055"
+pin = "lab-stand-in"
 source = "lab"
 """
-LAB_JSON = '{"nodes": {"k1": {"address": "k1"}}}'
 LAB_KBS = "{**K, 'lab': True, 'lab_dir': '@DIR@/lab', 'kbs_url': 'https://k1:8443'}"
+# The lab gate trusts only a running lab (ccfactory.lab.proof), which these runs stand in: node k1
+# of @DIR@/lab, reached at the counting listener (tests/lab_standin.py; never a file the product reads)
+LAB_K1 = {"lab": {"k1": ["k1", "127.0.0.1"]}}
+STANDIN_SPEC = "lab-standin.json"  # next to the inventory: run pyinfra through tests/lab_standin.py
 
 
 @dataclass(frozen=True)
@@ -75,10 +83,12 @@ class Case:
     expect: tuple[str, ...]  # fragments of the error, each "host: field: ..."
     files: dict[str, str] = field(default_factory=dict)  # relative path -> content (@DIR@ expanded)
     secret: str | None = None  # a literal secret the output must never contain
+    labs: dict[str, dict] = field(default_factory=dict)  # running labs stood in: lab dir (relative) -> nodes
 
 
-def C(id: str, body: str, *expect: str, files: dict[str, str] | None = None, secret: str | None = None) -> Case:
-    return Case(id, body, tuple(expect), files or {}, secret)
+def C(id: str, body: str, *expect: str, files: dict[str, str] | None = None, secret: str | None = None,
+      labs: dict[str, dict] | None = None) -> Case:  # fmt: skip
+    return Case(id, body, tuple(expect), files or {}, secret, labs or {})
 
 
 WORKER = "workers = [('w1', {**W, %s})]\nsnp = ['w1']\ngpu = ['w1']\n"
@@ -193,9 +203,10 @@ CASES = [
     C("policy-file-missing", KBS % "'kbs_policy_file': '@DIR@/no-policy.rego'", "k1: kbs_policy_file: file", "does not exist"),
     # ---- site files: the lab's BOM overlay (lab hosts only)
     C("bom-overlay-bad-sha", "kbs = [('k1', %s)]\n" % LAB_KBS, "k1: lab_dir:", "bom-lab.toml: kata-static: sha256",
-      files={"lab/lab.json": LAB_JSON, "lab/bom-lab.toml": GOOD_OVERLAY.replace("78822f87", "XYZ")}),
+      files={"lab/bom-lab.toml": GOOD_OVERLAY.replace("78822f87", "XYZ")}, labs=LAB_K1),
     C("bom-overlay-missing-url", "kbs = [('k1', %s)]\n" % LAB_KBS, "k1: lab_dir:", "bom-lab.toml: kata-static: url: missing",
-      files={"lab/lab.json": LAB_JSON, "lab/bom-lab.toml": GOOD_OVERLAY.replace('url = "http://10.199.0.1:8080/kata-static-lab.tar.xz"\n', "")}),
+      files={"lab/bom-lab.toml": GOOD_OVERLAY.replace('url = "http://10.199.0.1:8080/kata-static-lab.tar.xz"\n', "")},
+      labs=LAB_K1),
 ]
 
 # Valid: the same scaffolding and site files (OEM profile, KBS resource, lab overlay) - it connects.
@@ -203,7 +214,7 @@ CONTROL = C(
     "control-valid",
     "workers = [('w1', {**W, 'bmc_vendor': 'acme', 'bios_profile_dirs': ['@DIR@/bios']})]\nsnp = ['w1']\ngpu = ['w1']\n"
     "kbs = [('k1', {**%s, 'kbs_resources': {'models/llama-3/key': '@DIR@/model.key'}})]\n" % LAB_KBS,
-    files={"bios/acme.toml": GOOD_PROFILE, "model.key": "k", "lab/lab.json": LAB_JSON, "lab/bom-lab.toml": GOOD_OVERLAY},
+    files={"bios/acme.toml": GOOD_PROFILE, "model.key": "k", "lab/bom-lab.toml": GOOD_OVERLAY}, labs=LAB_K1,
 )
 
 
@@ -225,24 +236,47 @@ def _materialize(case: Case, root: Path, port: int) -> Path:
         path = directory / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(expand(content))
+    write_standin_spec(directory, case.labs)
     inventory = directory / "site.py"
     inventory.write_text(expand(HEADER + case.body + FOOTER))
     return inventory
 
 
-def _run(case: Case, root: Path) -> Outcome:
-    listener = CountingListener()
+def write_standin_spec(directory: Path, labs: dict[str, dict]) -> None:
+    """Stand running labs in for the case's pyinfra run (``labs``: lab dir relative to the case -> nodes)."""
+    if labs:
+        spec = {str(directory / lab): {"nodes": nodes} for lab, nodes in labs.items()}
+        (directory / STANDIN_SPEC).write_text(json.dumps(spec))
+
+
+def stand_in_labs(inventory: Path, monkeypatch) -> None:
+    """In this process, the labs the case's pyinfra run had stood in (none: the autouse empty probe)."""
+    spec = inventory.with_name(STANDIN_SPEC)
+    if spec.is_file():
+        monkeypatch.setattr(proof, "_probe", probe_from_spec(json.loads(spec.read_text())))
+
+
+def run_site_deploy(write_inventory: Callable[[int], Path], listener_type: type = CountingListener) -> Outcome:
+    """``pyinfra -y <inventory> deploy/site.py`` with every host's SSH at a connection counter;
+    ``write_inventory(port)`` writes the inventory that points there and returns its path."""
+    listener = listener_type()
     try:
-        inventory = _materialize(case, root, listener.port)
+        inventory = write_inventory(listener.port)
         env = {**os.environ, "PYINFRA_PROGRESS": "off"}
         env.pop("BMC_W1", None)
+        spec = inventory.with_name(STANDIN_SPEC)
+        pyinfra = [sys.executable, str(REPO / "tests" / "lab_standin.py"), str(spec)] if spec.is_file() else [str(PYINFRA)]
         run = subprocess.run(
-            [str(PYINFRA), "-y", str(inventory), str(REPO / "deploy" / "site.py")],
+            [*pyinfra, "-y", str(inventory), str(REPO / "deploy" / "site.py")],
             cwd=inventory.parent, capture_output=True, text=True, timeout=180, env=env,
         )
         return Outcome(run.returncode, run.stdout + run.stderr, listener.accepted, inventory)
     finally:
         listener.close()
+
+
+def _run(case: Case, root: Path) -> Outcome:
+    return run_site_deploy(lambda port: _materialize(case, root, port))
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +307,7 @@ def test_bad_input_stops_the_site_deploy_before_any_connection(case, outcomes, c
     # the offline check names the same problem (and never the secret either)
     monkeypatch.chdir(outcome.inventory.parent)
     monkeypatch.delenv("BMC_W1", raising=False)
+    stand_in_labs(outcome.inventory, monkeypatch)
     code = ccfactory_main(["check", str(outcome.inventory)])
     captured = capsys.readouterr()
     text = captured.out + captured.err

@@ -44,7 +44,9 @@ def test_graceful_reboot_grace_defaults_below_the_reboot_timeout(data, graceful)
 
 def test_config_is_frozen():
     cfg = load_node_config("w1", WORKER, GOOD, check_files=False)
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.tee = "tdx"  # type: ignore[misc]
 
 
@@ -113,23 +115,28 @@ def test_secret_never_echoed_in_error():
     assert "hunter2-secret" not in str(info.value)
 
 
-def test_lab_flag_needs_running_lab(tmp_path):
-    (tmp_path / "lab.json").write_text('{"nodes": {"node1": {"address": "10.199.0.11"}}}')
+def test_lab_flag_needs_running_lab(tmp_path, live_lab):
+    live_lab(tmp_path, {"node1": "10.199.0.11"})
     lab = {"tee": "none", "lab": True, "lab_dir": str(tmp_path)}
-    assert load_node_config("node1", ("kbs",), lab, check_files=False).lab
+    assert load_node_config("10.199.0.11", ("kbs",), lab, check_files=False).lab
+    assert load_node_config("node1", ("kbs",), {**lab, "ssh_hostname": "10.199.0.11"}, check_files=False).lab
     found = problems(lab, ("kbs",), host="prod-7")
     assert any("has no node prod-7" in p for p in found)
-    (tmp_path / "lab.json").unlink()
-    assert any("holds no running lab" in p for p in problems(lab, ("kbs",), host="node1"))
+    # a lab.json the stood-in lab does not know changes nothing: another directory has no lab
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "lab.json").write_text('{"nodes": {"node1": {"address": "10.199.0.11"}}}')
+    other = {**lab, "lab_dir": str(tmp_path / "other")}
+    assert any("holds no running lab" in p for p in problems(other, ("kbs",), host="10.199.0.11"))
 
 
-def test_lab_allows_plain_http_kbs(tmp_path):
-    (tmp_path / "lab.json").write_text('{"nodes": {"node1": {}}}')
-    cfg = load_node_config(
-        "node1", ("kbs",), {"tee": "none", "lab": True, "lab_dir": str(tmp_path), "kbs_url": "http://10.199.0.13:8080"},
-        check_files=False,
-    )
+def test_lab_allows_plain_http_kbs(tmp_path, live_lab):
+    live_lab(tmp_path, {"node1": "10.199.0.11", "node3": "10.199.0.13"})
+    data = {"tee": "none", "lab": True, "lab_dir": str(tmp_path), "kbs_url": "http://10.199.0.13:8080"}
+    cfg = load_node_config("10.199.0.11", ("kbs",), data, check_files=False)
     assert cfg.kbs.url.startswith("http://")
+    # the same data for a host outside the lab is refused, http and all
+    found = problems({**data, "lab": False}, ("kbs",), host="10.199.0.11")
+    assert any("kbs_url: must use https" in p for p in found), found
 
 
 def test_controller_files_must_exist(tmp_path):
@@ -161,8 +168,21 @@ def test_secret_ref_reveal_and_problem(tmp_path, monkeypatch):
     assert SecretRef(env="CCF_TEST_UNSET_VAR").problem() == "environment variable CCF_TEST_UNSET_VAR is not set or empty"
     path = tmp_path / "pw"
     path.write_text("pw-from-file\n")
+    path.chmod(0o600)
     assert SecretRef(file=str(path)).reveal() == "pw-from-file"
+    assert SecretRef(file=str(path)).problem() is None
     assert "does not exist" in SecretRef(file=str(tmp_path / "nope")).problem()
+    # a secret file must be private: 0600 or stricter, a regular file, not a symlink
+    path.chmod(0o640)
+    assert "has mode 0640" in SecretRef(file=str(path)).problem()
+    with pytest.raises(ValueError, match="0600 or stricter"):
+        SecretRef(file=str(path)).reveal()
+    path.chmod(0o600)
+    link = tmp_path / "pw-link"
+    link.symlink_to(path)
+    assert "symbolic link" in SecretRef(file=str(link)).problem()
+    with pytest.raises(ValueError, match="symbolic link"):
+        SecretRef(file=str(link)).reveal()
 
 
 def test_cross_field_checks_run_beside_type_errors():
@@ -189,3 +209,22 @@ def test_every_runtime_option_reaches_the_runtime_config():
     )
     assert (cfg.runtime.kata_memory, cfg.runtime.shims, cfg.runtime.coco_resource_uris) == (4096, ("qemu-snp",), ("kbs:///a/b/c",))
     assert cfg.runtime.kata_gpu_memory == HostData.model_fields["runtime_kata_gpu_memory"].default
+
+
+@pytest.mark.parametrize("address", ["fd00::5", "2001:db8::7", "10.0.0.5", "node1.example.net", "bücher.example"])
+def test_ssh_hostname_takes_names_and_bare_ip_addresses(address):
+    assert load_node_config("w1", WORKER, {**GOOD, "ssh_hostname": address}, check_files=False).name == "w1"
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("[fd00::5]", "w1: ssh_hostname: an IPv6 address in brackets: SSH takes it bare; fix: use fd00::5"),
+        ("fd00::5%eth0", "w1: ssh_hostname: not a host name or IP address (IPv6 zone indexes are not supported)"),
+        ("ssh://node1", "w1: ssh_hostname: not a host name or IP address (it looks like a URL)"),
+        (22, "w1: ssh_hostname: is not a string (int)"),
+    ],
+)
+def test_ssh_hostname_refusals_name_the_fix(address, expected):
+    found = problems({**GOOD, "ssh_hostname": address})
+    assert any(p.startswith(expected) and "; fix: " in p for p in found), found

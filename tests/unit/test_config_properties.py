@@ -70,7 +70,6 @@ def test_literal_secrets_rejected_and_never_echoed(prefix, suffix, secret):
 # is refused with a message naming where, and nothing else escapes (no crash, no echo).
 
 import re  # noqa: E402
-import tomllib  # noqa: E402
 
 import tomli_w  # noqa: E402
 from hypothesis import assume, example  # noqa: E402
@@ -84,7 +83,7 @@ from ccfactory.kbs.settings import check_resource_path, kbs_settings  # noqa: E4
 SHA = "a" * 64
 GOOD_ARTIFACT = {
     "name": "demo", "version": "1.0", "filename": "demo-1.0.tar.gz",
-    "url": "https://example.invalid/demo-1.0.tar.gz", "sha256": SHA, "source": "test",
+    "url": "https://example.invalid/demo-1.0.tar.gz", "sha256": SHA, "source": "test", "pin": "upstream-checksum-file",
 }  # fmt: skip
 # one-line text: messages are one problem per line, so a value with a line break would split one
 line_text = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=30)
