@@ -7,7 +7,8 @@ one read of its facts (``NodeOs``, ``TeeHostStatus``, ``HostBootConfig``):
    otherwise the host fails with the fix (a newer distribution kernel); no kernel is built.
    Lab nodes share the lab machine's kernel, so the check runs on the simulated kernel the
    lab boots and says so.
-2. **Kernel command line** through the owned drop-in ``/etc/default/grub.d/60-ccfactory.cfg``
+2. **Kernel command line** through the owned drop-in ``60-ccfactory.cfg`` in the distribution's
+   ``grub_dropin_dir`` (``distros.toml``; ``/etc/default/grub.d`` on Debian and Ubuntu)
    (appends to ``GRUB_CMDLINE_LINUX_DEFAULT``; TDX: ``intel_iommu=on kvm_intel.tdx=1
    nohibernate``; hosts with GPUs: ``modprobe.blacklist=nouveau``), then the distribution's
    ``update_bootloader`` (``distros.toml``) only when the drop-in changed. Settings that keep
@@ -49,7 +50,7 @@ from ccfactory.operations import checks, reboot
 from ccfactory.operations import host as host_ops
 from ccfactory.operations.host import firmware_failures
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootConfig
-from ccfactory.roles.host.plan import DROPIN, GPU_CONF, TEE_CONF, OwnedFile, plan_host
+from ccfactory.roles.host.plan import GPU_CONF, TEE_CONF, OwnedFile, plan_host
 
 SUDO = {"_sudo": True}  # /etc, the kernel log and the reboot need root
 
@@ -77,18 +78,24 @@ def _bios_now_on(tee: str, firmware_checks) -> object:
     return condition
 
 
-@deploy("Host")
-def apply() -> None:
+# The plan of each host between the two halves of a site run (``configure`` before the
+# firmware stage, ``settle`` after the shared reboot), so that facts are read once.
+_PLANS: dict[str, tuple] = {}
+
+
+def _configure(reboot_now: bool) -> tuple | None:
+    """Plan from config and facts; write the boot configuration (and the reboot marker).
+    Returns (cfg, plan) for the verify half, or None when there is nothing more to do."""
     cfg = node_config(host)
     if cfg.tee not in ("snp", "tdx"):
         host.noop("no TEE (tee none): nothing for the host stage")
-        return
+        return None
 
     info = host.get_fact(NodeOs)
     distro = distro_for(info.os_id, info.os_version)
-    tools = " ".join(c.split()[0] for c in (distro.update_bootloader, distro.update_initramfs)) if distro else ""
+    tools = " ".join(distro.tools()) if distro else ""
     status = host.get_fact(TeeHostStatus, **SUDO)
-    boot_files = host.get_fact(HostBootConfig, tools=tools, **SUDO)
+    boot_files = host.get_fact(HostBootConfig, tools=tools, grub_d=distro.grub_dropin_dir if distro else "", **SUDO)
     plan = plan_host(cfg, info, status, boot_files, distro)
 
     for note in plan.notes:
@@ -99,7 +106,7 @@ def apply() -> None:
         problem="host stage: nothing was changed:\n  - " + "\n  - ".join(plan.problems),
     )
     if plan.problems:
-        return
+        return None
     spec = plan.spec
     assert spec is not None
 
@@ -110,6 +117,8 @@ def apply() -> None:
     when = {"_if": _bios_now_on(cfg.tee, spec.firmware_checks)} if not plan.needs_reboot else {}
     if reboot_wanted:
         # before the files: a run that stops between them and the reboot still reboots next time
+        # (deferred, in a site run: this runs before the firmware stage, so a node whose BIOS is
+        # still off records nothing, and the BIOS pass's reset boots the files below)
         files.put(
             name="Record the pending reboot",
             src=io.StringIO(plan.marker_text(info.boot_id)),
@@ -120,15 +129,18 @@ def apply() -> None:
         )
     # one call site per file: pyinfra orders operations by call site, and hosts differ in
     # which files they keep (a loop would give the same call site different files per host)
-    _owned_file(plan.file(DROPIN), "Kernel command line drop-in")
+    if not plan.record_after_bootloader:  # grub.d: the drop-in is what update-grub reads
+        _owned_file(plan.file(plan.dropin), "Kernel command line drop-in")
     _owned_file(plan.file(TEE_CONF), "TEE module options")
     _owned_file(plan.file(GPU_CONF), "No host GPU driver")
 
     if plan.update_bootloader:
         server.shell(name="Update the bootloader configuration", commands=[plan.update_bootloader], **SUDO)
+    if plan.record_after_bootloader:  # grubby: the record of ccfactory's arguments, once they are in place
+        _owned_file(plan.file(plan.dropin), "Kernel arguments ccfactory added")
     if plan.update_initramfs:
         server.shell(name="Update the initramfs", commands=[plan.update_initramfs], **SUDO)
-    if reboot_wanted:
+    if reboot_now and reboot_wanted:
         reboot.rebooted(
             name="Reboot to apply the host boot configuration",
             reason=plan.reboot_reason,
@@ -138,11 +150,16 @@ def apply() -> None:
             **when,
             **SUDO,
         )
-    if reboot_wanted:
-        files.file(name="Reboot for the host configuration done", path=REBOOT_MARKER, present=False, **when, **SUDO)
-    elif plan.stale_marker:
-        files.file(name="Reboot for the host configuration done", path=REBOOT_MARKER, present=False, **SUDO)
+    elif reboot_wanted:
+        host.log(f"reboot deferred to the site run's one reboot: {plan.reboot_reason}", log_func=logger.info)
+    return cfg, plan
 
+
+def _settle(cfg, plan) -> None:
+    """After the reboot: the marker goes, and the TEE must be active on the running kernel."""
+    spec = plan.spec
+    if plan.needs_reboot or plan.reboot_if_bios_on or plan.stale_marker:
+        files.file(name="Reboot for the host configuration done", path=REBOOT_MARKER, present=False, **SUDO)
     host_ops.tee_host_ready(
         name="TEE active on the running kernel",
         tee=cfg.tee,
@@ -151,7 +168,38 @@ def apply() -> None:
         cmdline_tokens=list(spec.cmdline_tokens),
         gpu_modules=list(spec.gpu_modules),
         firmware_checks=sorted(spec.firmware_checks),
-        dropin=DROPIN,
+        dropin=plan.dropin,
         not_in_effect=plan.not_in_effect,
         **SUDO,
     )
+
+
+@deploy("Host")
+def apply() -> None:
+    """The whole stage on its own: configure, reboot when needed, verify."""
+    planned = _configure(reboot_now=True)
+    if planned is not None:
+        _settle(*planned)
+
+
+@deploy("Host")
+def configure() -> None:
+    """The first half for a site run (``ccfactory.deploys.run_stages``): the boot configuration
+    written and the reboot recorded, not done; ``reboot.pending_applied`` after the firmware
+    stage reboots once for every stage that deferred, then ``settle`` verifies.
+
+    Example::
+
+        host.configure(); gpu.configure(); firmware.apply(); boot.apply(); host.settle(); gpu.settle()
+    """
+    planned = _configure(reboot_now=False)
+    if planned is not None:
+        _PLANS[host.name] = planned
+
+
+@deploy("Host")
+def settle() -> None:
+    """The second half for a site run: the marker removed, the TEE verified on the running kernel."""
+    planned = _PLANS.pop(host.name, None)
+    if planned is not None:
+        _settle(*planned)

@@ -3,6 +3,10 @@
 pyinfra 3 does not cache facts, so one command returns the GRUB defaults files, every
 modprobe.d file, the stage's reboot marker, which of the distribution's boot tools exist,
 whether the host has initramfs images, and (lab nodes only) the simulated kernel release.
+On a host whose boot tool has a ``bootloader_info`` command in ``distros.toml`` (grubby:
+``grubby --info=ALL``) it also returns that command's output (every boot entry's ``args``)
+and the arguments the stage recorded as its own (``/etc/ccfactory/kernel-args``); the
+command line of other hosts is unchanged. Read-only: nothing here writes.
 The running kernel (``/proc/cmdline``, modules, parameters, kernel log) comes from
 ``ccfactory.facts.tee.TeeHostStatus``; the OS and boot id from ``ccfactory.facts.node.NodeOs``.
 
@@ -20,7 +24,9 @@ from dataclasses import dataclass
 
 from pyinfra.api import FactBase
 
+from ccfactory.distros import GRUBBY_OWNED_ARGS, distros
 from ccfactory.parsers.kernel import MODPROBE_DIRS
+from ccfactory.roles.host.grub import DEFAULT_GRUB, GRUB_D
 from ccfactory.parsers.sections import echo_marker, split_sections
 
 REBOOT_MARKER = "/var/lib/ccfactory/reboot-required/host"
@@ -36,6 +42,11 @@ class HostBootFiles:
     tools: frozenset[str] = frozenset()  # commands found on the host (of those asked for)
     initramfs_images: tuple[str, ...] = ()  # /boot/initrd.img-* and /boot/initramfs-*
     lab_kernel: str | None = None  # release in the lab's simulated kernel log ("Linux version X")
+    # grubby hosts: output lines of bootloader_info (None: not read, the tool is missing),
+    # its exit status, and the text of GRUBBY_OWNED_ARGS (None when absent)
+    boot_entries_output: tuple[str, ...] | None = None
+    boot_entries_exit: int | None = None
+    owned_args: str | None = None
 
     def grub_file(self, path: str) -> str | None:
         return dict(self.grub).get(path)
@@ -49,15 +60,31 @@ class HostBootFiles:
         return bool(words) and words[0] in self.tools
 
 
-def host_boot_files_command(tools: str = "", root: str = "") -> str:
-    """The fact's shell command; ``tools``: space-separated command names; ``root``: tests."""
+def bootloader_readers(tools: str) -> tuple[str, ...]:
+    """The ``bootloader_info`` commands (``distros.toml``) of the boot tools among ``tools``."""
+    names = set(tools.split())
+    found = {d.bootloader_info for d in distros() if d.bootloader_info and d.tools()[0] in names}
+    return tuple(sorted(found))
+
+
+def host_boot_files_command(tools: str = "", root: str = "", grub_d: str = GRUB_D) -> str:
+    """The fact's shell command; ``tools``: space-separated command names; ``grub_d``: the
+    distribution's GRUB drop-in directory (``distros.toml``, "" for none); ``root``: tests."""
     r = shlex.quote(root) if root else ""
+    readers: list[str] = []
+    for info in bootloader_readers(tools):
+        tool = shlex.quote(shlex.split(info)[0])
+        readers += [
+            f"if [ -r {r}{GRUBBY_OWNED_ARGS} ]; then {echo_marker('owned-args')}; cat {r}{GRUBBY_OWNED_ARGS}; echo; fi",
+            f"if command -v {tool} >/dev/null 2>&1; then {echo_marker('boot-entries')}; {info} 2>&1; "
+            f"{echo_marker('boot-entries-exit', '$?')}; fi",
+        ]
     path = f"${{f#{r}}}" if root else "$f"
     modprobe = " ".join(f"{r}{d}/*.conf" for d in reversed(MODPROBE_DIRS))
     names = " ".join(shlex.quote(t) for t in tools.split())
     return "; ".join(
         [
-            f'for f in {r}/etc/default/grub {r}/etc/default/grub.d/*.cfg; do [ -f "$f" ] && [ -r "$f" ] || continue; '
+            f'for f in {r}{DEFAULT_GRUB}{f" {r}{shlex.quote(grub_d)}/*.cfg" if grub_d else ""}; do [ -f "$f" ] && [ -r "$f" ] || continue; '
             f'p={path}; {echo_marker("grub", "$p")}; cat "$f"; echo; done',
             f'for f in {modprobe}; do [ -f "$f" ] && [ -r "$f" ] || continue; '
             f'p={path}; {echo_marker("modprobe", "$p")}; cat "$f"; echo; done',
@@ -68,6 +95,7 @@ def host_boot_files_command(tools: str = "", root: str = "") -> str:
             f"for f in {r}/boot/initrd.img-* {r}/boot/initramfs-*; do [ -e \"$f\" ] && echo \"$f\"; done",
             echo_marker("lab-kernel"),
             f"head -n 3 {r}{LAB_KERNEL_LOG} 2>/dev/null",
+            *readers,
             "true",
         ]
     )
@@ -88,6 +116,9 @@ def parse_host_boot_files(output: list[str]) -> HostBootFiles:
     tools: set[str] = set()
     images: list[str] = []
     lab_kernel = None
+    entries: tuple[str, ...] | None = None
+    entries_exit: int | None = None
+    owned_args = None
     for s in sections:
         if s.name == "grub":
             grub.append((s.arg, _text(s.lines)))
@@ -102,7 +133,14 @@ def parse_host_boot_files(output: list[str]) -> HostBootFiles:
         elif s.name == "lab-kernel":
             found = next((m for line in s.lines if (m := _LINUX_VERSION.search(line))), None)
             lab_kernel = found.group(1) if found else None
-    return HostBootFiles(tuple(grub), tuple(modprobe), marker, frozenset(tools), tuple(images), lab_kernel)
+        elif s.name == "owned-args":
+            owned_args = _text(s.lines)
+        elif s.name == "boot-entries":
+            entries = s.lines
+        elif s.name == "boot-entries-exit":
+            entries_exit = int(s.arg) if s.arg.strip().isdigit() else None
+    return HostBootFiles(tuple(grub), tuple(modprobe), marker, frozenset(tools), tuple(images), lab_kernel,
+                         entries, entries_exit, owned_args)
 
 
 class HostBootConfig(FactBase):
@@ -114,8 +152,8 @@ class HostBootConfig(FactBase):
         files.grub_file("/etc/default/grub.d/60-ccfactory.cfg")   # text, or None
     """
 
-    def command(self, tools: str = "") -> str:
-        return host_boot_files_command(tools)
+    def command(self, tools: str = "", grub_d: str = GRUB_D) -> str:
+        return host_boot_files_command(tools, grub_d=grub_d)
 
     def process(self, output: list[str]) -> HostBootFiles:
         return parse_host_boot_files(output)

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_GRUB = "/etc/default/grub"
-GRUB_D = "/etc/default/grub.d"
+GRUB_D = "/etc/default/grub.d"  # Debian-family default; a host's own is distros.toml grub_dropin_dir
 LINUX = "GRUB_CMDLINE_LINUX"
 LINUX_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
 CMDLINE_VARS = (LINUX, LINUX_DEFAULT)
@@ -71,11 +71,11 @@ class GrubEnv:
         return self.values[LINUX] + self.values[LINUX_DEFAULT]
 
 
-def grub_files_in_order(files: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """``/etc/default/grub`` first, then ``grub.d/*.cfg`` sorted by name (C locale), others dropped."""
+def grub_files_in_order(files: Iterable[tuple[str, str]], grub_d: str = GRUB_D) -> list[tuple[str, str]]:
+    """``/etc/default/grub`` first, then ``grub_d/*.cfg`` sorted by name (C locale), others dropped."""
     by_path = dict(files)
     ordered = [(DEFAULT_GRUB, by_path[DEFAULT_GRUB])] if DEFAULT_GRUB in by_path else []
-    dropins = [p for p in by_path if p.startswith(GRUB_D + "/") and p.endswith(".cfg") and "/" not in p[len(GRUB_D) + 1 :]]
+    dropins = [p for p in by_path if p.startswith(grub_d + "/") and p.endswith(".cfg") and "/" not in p[len(grub_d) + 1 :]]
     return ordered + [(p, by_path[p]) for p in sorted(dropins, key=lambda p: p.encode())]
 
 
@@ -139,3 +139,75 @@ def dropped_by(env: GrubEnv, owner: str) -> Assignment | None:
         if seen_owner and a.var == LINUX_DEFAULT and not any(t.origin.path == owner for t in value):
             return a
     return None
+
+
+# ------------------------------------------------------------------ grubby (BLS) hosts
+
+
+@dataclass(frozen=True)
+class BootEntry:
+    """One boot entry as ``grubby --info=ALL`` prints it (``index=``, ``kernel=``, ``args=`` ...)."""
+
+    index: str
+    kernel: str
+    args: tuple[str, ...]  # the entry's kernel arguments, split on whitespace
+
+    @property
+    def name(self) -> str:
+        return f"{self.kernel or '(no kernel)'} (index {self.index})"
+
+
+def parse_grubby_info(lines: Iterable[str]) -> tuple[BootEntry, ...]:
+    """Entries of ``grubby --info=ALL``: ``key=value`` lines, values in double quotes (grubby-bls,
+    RHEL 8 and later) or bare (the C grubby); each ``index=`` starts an entry. Other lines
+    (warnings) are ignored.
+
+    >>> [(e.index, e.kernel, e.args) for e in parse_grubby_info(['index=0', 'kernel="/boot/vmlinuz-6.12.0"',
+    ...     'args="ro rhgb quiet"', 'root="/dev/vda2"'])]
+    [('0', '/boot/vmlinuz-6.12.0', ('ro', 'rhgb', 'quiet'))]
+    """
+    entries: list[BootEntry] = []
+    current: dict[str, str] | None = None
+
+    def close() -> None:
+        if current is not None:
+            entries.append(BootEntry(current.get("index", "?"), current.get("kernel", ""),
+                                     tuple(current.get("args", "").split())))  # fmt: skip
+
+    for raw in lines:
+        key, sep, value = raw.strip().partition("=")
+        if not sep or not key.isidentifier():
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if key == "index":
+            close()
+            current = {}
+        if current is not None:
+            current[key] = value
+    close()
+    return tuple(entries)
+
+
+def parse_owned_args(text: str | None) -> tuple[str, ...]:
+    """The arguments recorded in ccfactory's owned-args file: one per line, ``#`` comments."""
+    if not text:
+        return ()
+    return tuple(t for line in text.splitlines() if (t := line.split("#", 1)[0].strip()))
+
+
+def render_owned_args(tokens: Sequence[str], source: str) -> str | None:
+    """The owned-args file for ``tokens`` (None when ccfactory owns no argument)."""
+    if not tokens:
+        return None
+    head = (
+        f"# Managed by ccfactory ({source}): the kernel arguments ccfactory added with grubby.\n"
+        "# ccfactory removes an argument listed here (grubby --remove-args) when it no longer wants\n"
+        "# it, and never touches one that is not listed. Do not edit.\n"
+    )
+    return head + "".join(f"{t}\n" for t in tokens)
+
+
+def arg_key(token: str) -> str:
+    """The parameter name of a kernel argument (``-`` and ``_`` are the same to the kernel)."""
+    return token.partition("=")[0].replace("-", "_")

@@ -15,6 +15,14 @@ Decisions (see the role's docstring for the why):
   defaults file or a modprobe.d file ccfactory does not own is a problem naming the file
   and line; so is a GRUB file sorted after the drop-in that resets
   ``GRUB_CMDLINE_LINUX_DEFAULT``. ccfactory never edits files it does not own.
+* **grubby hosts** (``cmdline_method = "grubby"``, RHEL): no drop-in; the boot entries'
+  arguments are read back (``grubby --info=ALL``), the TEE's tokens missing from an entry
+  are added with ``grubby --update-kernel=ALL --args=...``, and tokens ccfactory added
+  earlier (recorded in ``/etc/ccfactory/kernel-args``, the owned file in place of the
+  drop-in) and no longer wants are removed with ``--remove-args=...``. An argument not in
+  that file is the operator's: never removed or changed (a different value of a key
+  ccfactory wants is a problem to fix by hand). The harmful settings are refused as they
+  are read back, naming the boot entry. A converged host: no command, no reboot.
 * **Reboot** only when the running kernel differs from the configured boot state (a
   token missing from ``/proc/cmdline``, a harmful one still on it, a module parameter
   not as configured, a host GPU driver loaded) *and* this run changes the boot
@@ -33,10 +41,12 @@ Example::
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from ccfactory.config import NodeConfig
-from ccfactory.distros import Distro, supported_list
+from ccfactory.distros import GRUB_DROPIN_NAME as DROPIN_NAME
+from ccfactory.distros import GRUBBY_OWNED_ARGS, Distro, initramfs_step, supported_list
 from ccfactory.facts.node import NodeOsInfo
 from ccfactory.kernels import check_host_kernel
 from ccfactory.operations.host import firmware_failures
@@ -46,17 +56,23 @@ from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootFiles
 from ccfactory.roles.host.grub import (
     DEFAULT_GRUB,
     LINUX_DEFAULT,
+    arg_key,
     dropped_by,
+    GRUB_D,
     grub_files_in_order,
+    parse_grubby_info,
+    parse_owned_args,
+    render_owned_args,
     replay,
 )
 from ccfactory.roles.host.spec import TeeSpec, norm, tee_spec
-from ccfactory.templating import environment
+from ccfactory.templating import TemplateOverlayError, render, site_overlays
 
-DROPIN = "/etc/default/grub.d/60-ccfactory.cfg"
+DROPIN = f"{GRUB_D}/{DROPIN_NAME}"  # where that is on Debian and Ubuntu (tests, docs)
 TEE_CONF = "/etc/modprobe.d/ccfactory-tee.conf"
 GPU_CONF = "/etc/modprobe.d/ccfactory-no-host-gpu-driver.conf"
 OWNED = (DROPIN, TEE_CONF, GPU_CONF)
+OWNED_ARGS = GRUBBY_OWNED_ARGS  # grubby hosts: the owned file in place of the drop-in
 SOURCE = "host stage"  # shown in the managed-file header
 _DISABLING_INSTALL = ("/bin/false", "/bin/true", "/usr/bin/false", "/usr/bin/true", "false", "true")
 
@@ -64,27 +80,27 @@ _DISABLING_INSTALL = ("/bin/false", "/bin/true", "/usr/bin/false", "/usr/bin/tru
 # ------------------------------------------------------------------ rendering
 
 
-def render_dropin(spec: TeeSpec) -> str | None:
+def render_dropin(spec: TeeSpec, overlays: tuple[str, ...] = ()) -> str | None:
     """``/etc/default/grub.d/60-ccfactory.cfg``, or None when the TEE adds no token."""
     if not spec.cmdline:
         return None
-    tpl = environment().get_template("host/60-ccfactory.cfg.j2")
-    return tpl.render(tee_name=spec.name, cmdline=spec.cmdline, forbidden=spec.forbidden, ccfactory_source=SOURCE)
+    return render("host/60-ccfactory.cfg.j2", overlays, tee_name=spec.name, cmdline=spec.cmdline,
+                  forbidden=spec.forbidden, ccfactory_source=SOURCE)  # fmt: skip
 
 
-def render_tee_conf(spec: TeeSpec) -> str | None:
+def render_tee_conf(spec: TeeSpec, overlays: tuple[str, ...] = ()) -> str | None:
     if not spec.options:
         return None
-    tpl = environment().get_template("host/ccfactory-tee.conf.j2")
-    return tpl.render(tee_name=spec.name, options=spec.options, ccfactory_source=SOURCE)
+    return render("host/ccfactory-tee.conf.j2", overlays, tee_name=spec.name, options=spec.options,
+                  ccfactory_source=SOURCE)  # fmt: skip
 
 
-def render_gpu_conf(spec: TeeSpec) -> str | None:
+def render_gpu_conf(spec: TeeSpec, overlays: tuple[str, ...] = ()) -> str | None:
     """The no-host-GPU-driver file, or None for hosts without GPUs."""
     if not spec.gpu_modules:
         return None
-    tpl = environment().get_template("host/ccfactory-no-host-gpu-driver.conf.j2")
-    return tpl.render(modules=spec.gpu_modules, ccfactory_source=SOURCE)
+    return render("host/ccfactory-no-host-gpu-driver.conf.j2", overlays, modules=spec.gpu_modules,
+                  ccfactory_source=SOURCE)  # fmt: skip
 
 
 def same_text(current: str | None, wanted: str | None) -> bool:
@@ -118,6 +134,7 @@ class OwnedFile:
 @dataclass(frozen=True)
 class HostPlan:
     spec: TeeSpec | None = None
+    dropin: str = DROPIN  # the owned command-line drop-in (the distribution's grub_dropin_dir)
     problems: tuple[str, ...] = ()  # stop before any change; each says what to do
     notes: tuple[str, ...] = ()  # shown as warnings
     files: tuple[OwnedFile, ...] = ()
@@ -133,6 +150,9 @@ class HostPlan:
     reboot_if_bios_on: bool = False
     reboot_reason: str = ""
     not_in_effect: str = ""  # why the configuration will not be running after this run
+    # grubby hosts: the owned-args record is written after grubby succeeded, so that a
+    # failed grubby call never leaves a token on the entries that the record no longer lists
+    record_after_bootloader: bool = False
 
     def file(self, path: str) -> OwnedFile:
         return next(f for f in self.files if f.path == path)
@@ -170,15 +190,16 @@ def kernel_findings(cfg: NodeConfig, info: NodeOsInfo, files: HostBootFiles) -> 
     return problems, notes
 
 
-def _grub_findings(spec: TeeSpec, files: HostBootFiles, dropin: str | None) -> list[str]:
+def _grub_findings(spec: TeeSpec, files: HostBootFiles, dropin: str | None, distro: Distro) -> list[str]:
     problems: list[str] = []
-    operator = [(p, t) for p, t in files.grub if p != DROPIN]
+    grub_d, path = distro.grub_dropin_dir, distro.grub_dropin
+    operator = [(p, t) for p, t in files.grub if p != path]
     if not any(p == DEFAULT_GRUB for p, _ in operator):
         problems.append(
             f"{DEFAULT_GRUB} is missing: ccfactory sets the kernel command line through GRUB's defaults "
             "(update-grub); install grub (grub-pc or grub-efi) or boot the node with GRUB"
         )
-    env = replay(grub_files_in_order(operator))
+    env = replay(grub_files_in_order(operator, grub_d))
     for token in env.tokens():
         rule = spec.forbidden_on(token.token)
         if rule:
@@ -187,15 +208,99 @@ def _grub_findings(spec: TeeSpec, files: HostBootFiles, dropin: str | None) -> l
                 f"files it does not own: remove {token.token} there, then re-run"
             )
     if dropin is not None:
-        env = replay(grub_files_in_order([*operator, (DROPIN, dropin)]))
-        reset = dropped_by(env, DROPIN)
+        env = replay(grub_files_in_order([*operator, (path, dropin)], grub_d))
+        reset = dropped_by(env, path)
         if reset is not None:
             problems.append(
-                f"{reset.origin.where} ({reset.origin.text}) sets {LINUX_DEFAULT} after {DROPIN} and so discards "
+                f"{reset.origin.where} ({reset.origin.text}) sets {LINUX_DEFAULT} after {path} and so discards "
                 f"{' '.join(spec.cmdline_tokens)}: make it append (\"${LINUX_DEFAULT} ...\") or rename it to sort "
-                f"before {DROPIN.rsplit('/', 1)[1]}"
+                f"before {DROPIN_NAME}"
             )
     return problems
+
+
+def _default_grub_findings(spec: TeeSpec, files: HostBootFiles) -> list[str]:
+    """grubby hosts: a harmful token in /etc/default/grub (grub2-mkconfig and new kernels' entries
+    may take their arguments from it) is refused like one in a boot entry, by file and line."""
+    problems = []
+    for token in replay([(p, t) for p, t in files.grub if p == DEFAULT_GRUB]).tokens():
+        rule = spec.forbidden_on(token.token)
+        if rule:
+            problems.append(
+                f"{token.token} in {token.origin.where} ({token.origin.text}): {rule.why}. ccfactory does not edit "
+                f"files it does not own: remove {token.token} there, then re-run"
+            )
+    return problems
+
+
+@dataclass(frozen=True)
+class GrubbyStep:
+    """What a grubby host needs: the owned-args file, the arguments to add and to remove."""
+
+    owned: OwnedFile
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    def command(self, distro: Distro) -> str | None:
+        """``update_bootloader`` with ``--args``/``--remove-args``, None when nothing changes."""
+        if not (self.add or self.remove):
+            return None
+        parts = [distro.update_bootloader]
+        if self.add:
+            parts.append(f"--args={shlex.quote(' '.join(self.add))}")
+        if self.remove:
+            parts.append(f"--remove-args={shlex.quote(' '.join(self.remove))}")
+        return " ".join(parts)
+
+
+def _grubby_step(spec: TeeSpec, files: HostBootFiles, distro: Distro) -> GrubbyStep:
+    """Tokens to add and remove on a grubby host, from the boot entries read back and the
+    tokens ccfactory recorded as its own; harmful settings refused by entry."""
+    info = distro.bootloader_info
+    before = parse_owned_args(files.owned_args)
+    keep = OwnedFile(OWNED_ARGS, files.owned_args, files.owned_args)
+    if files.boot_entries_output is None:
+        return GrubbyStep(keep, problems=(
+            f"{distro.tools()[0]} is missing on this {distro.id} host (distros.toml: cmdline_method = grubby, "
+            f"bootloader_info = {info!r}): install grubby (dnf install grubby)",))  # fmt: skip
+    entries = parse_grubby_info(files.boot_entries_output)
+    if files.boot_entries_exit != 0 or not entries:
+        said = " | ".join(x.strip() for x in files.boot_entries_output if x.strip())[-400:] or "no output"
+        return GrubbyStep(keep, problems=(
+            f"`{info}` (distros.toml bootloader_info) listed no boot entry (exit {files.boot_entries_exit}: {said}): "
+            "the host stage reads every entry's arguments before changing any; fix the boot loader configuration "
+            "(`grubby --info=ALL` must list the installed kernels), then re-run",))  # fmt: skip
+    problems: list[str] = []
+    harmful: dict[str, list[str]] = {}
+    for entry in entries:
+        for token in entry.args:
+            if spec.forbidden_on(token):
+                harmful.setdefault(token, []).append(entry.name)
+    for token, where in harmful.items():
+        rule = spec.forbidden_on(token)
+        assert rule is not None
+        problems.append(
+            f"{token} in the boot entries of {', '.join(where)} (`{info}`): {rule.why}. ccfactory does not change "
+            f"kernel arguments it did not add: remove it (grubby --update-kernel=ALL --remove-args={shlex.quote(token)}), "
+            "then re-run"
+        )
+    wanted = spec.cmdline_tokens
+    wanted_keys = {arg_key(t): t for t in wanted}
+    for entry in entries:
+        for token in entry.args:
+            want = wanted_keys.get(arg_key(token))
+            if want is not None and token != want and token not in before and not spec.forbidden_on(token):
+                problems.append(
+                    f"{token} in the boot entry of {entry.name} (`{info}`) is not the {want} the {spec.name} host "
+                    f"needs, and grubby --args would overwrite the operator's value: change it to {want} "
+                    f"(grubby --update-kernel=ALL --args={shlex.quote(want)}) or remove it, then re-run"
+                )
+    add = tuple(t for t in wanted if any(t not in e.args for e in entries))
+    remove = tuple(t for t in before if t not in wanted and any(t in e.args for e in entries))
+    owned_now = tuple(t for t in wanted if t in before or t in add)
+    owned = OwnedFile(OWNED_ARGS, render_owned_args(owned_now, SOURCE), files.owned_args)
+    return GrubbyStep(owned, add, remove, tuple(problems))
 
 
 def _modprobe_findings(spec: TeeSpec, files: HostBootFiles) -> list[str]:
@@ -265,6 +370,10 @@ def plan_host(
         spec = tee_spec(cfg.tee, gpus=cfg.has_gpus)
     except KeyError:
         return HostPlan(problems=(f"the host stage has no configuration for tee {cfg.tee!r} (roles/host/boot.toml)",))
+    try:
+        overlays = site_overlays(cfg)
+    except TemplateOverlayError as e:
+        return HostPlan(problems=(str(e),))
 
     problems, notes = kernel_findings(cfg, info, files)
     if info.cpu_vendor and info.cpu_vendor != spec.cpu_vendor:
@@ -272,41 +381,42 @@ def plan_host(
             f"tee is {cfg.tee} ({spec.name}) but the CPU is {info.cpu_vendor}, not {spec.cpu_vendor}: "
             "fix tee (or the snp/tdx group) in the inventory"
         )
+    grubby = _grubby_step(spec, files, distro) if distro.cmdline_method == "grubby" else None
+    if grubby is not None:
+        dropin = OWNED_ARGS
+        cmdline_file = grubby.owned
+        problems += list(grubby.problems)
+        problems += _default_grub_findings(spec, files)
+    else:
+        dropin = distro.grub_dropin
+        cmdline_file = OwnedFile(dropin, render_dropin(spec, overlays), files.grub_file(dropin))
     owned = (
-        OwnedFile(DROPIN, render_dropin(spec), files.grub_file(DROPIN)),
-        OwnedFile(TEE_CONF, render_tee_conf(spec), files.modprobe_file(TEE_CONF)),
-        OwnedFile(GPU_CONF, render_gpu_conf(spec), files.modprobe_file(GPU_CONF)),
+        cmdline_file,
+        OwnedFile(TEE_CONF, render_tee_conf(spec, overlays), files.modprobe_file(TEE_CONF)),
+        OwnedFile(GPU_CONF, render_gpu_conf(spec, overlays), files.modprobe_file(GPU_CONF)),
     )
-    problems += _grub_findings(spec, files, owned[0].wanted)
+    if grubby is None:
+        problems += _grub_findings(spec, files, owned[0].wanted, distro)
     problems += _modprobe_findings(spec, files)
 
-    if not files.has_tool(distro.update_bootloader):
+    if grubby is None and not files.has_tool(distro.update_bootloader):
         problems.append(
-            f"{distro.update_bootloader.split()[0]} is missing on this {distro.id} host (distros.toml: "
+            f"{distro.tools()[0]} is missing on this {distro.id} host (distros.toml: "
             f"update_bootloader = {distro.update_bootloader!r}): install GRUB (grub-pc or grub-efi-amd64)"
         )
-    initramfs_tool = files.has_tool(distro.update_initramfs)
-    if not initramfs_tool and files.initramfs_images:
-        problems.append(
-            f"{distro.update_initramfs.split()[0]} is missing but the host boots with an initramfs "
-            f"({files.initramfs_images[0]}), which must get the module settings (distros.toml: update_initramfs = "
-            f"{distro.update_initramfs!r} for {distro.id}): install initramfs-tools, or, on a dracut-only host, "
-            "give this release its own command in distros.toml (e.g. dracut --regenerate-all --force)"
-        )
-    elif not initramfs_tool:
-        notes.append(
-            f"no initramfs on this host (no image in /boot, no {distro.update_initramfs.split()[0]}): modprobe.d is "
-            "read from the root filesystem, nothing to regenerate"
-        )
+    initramfs = initramfs_step(distro, files.tools, files.initramfs_images)
+    problems += [initramfs.problem] if initramfs.problem else []
+    notes += [initramfs.note] if initramfs.note else []
 
     if problems:
-        return HostPlan(spec, tuple(problems), tuple(notes), owned)
+        return HostPlan(spec, dropin, tuple(problems), tuple(notes), owned)
 
     diffs = _running_diffs(spec, status)
     firmware = firmware_failures(status, cfg.tee, spec.firmware_checks)
     pending = bool(files.marker) and bool(info.boot_id) and files.marker[0].strip() == info.boot_id
     stale = files.marker is not None and not pending
-    grub_changes = owned[0].changes
+    bootloader_command = grubby.command(distro) if grubby is not None else distro.update_bootloader
+    grub_changes = owned[0].changes or bool(grubby is not None and bootloader_command)
     modprobe_changes = owned[1].changes or owned[2].changes
     changes = grub_changes or modprobe_changes
     needs_reboot = bool(diffs) and (changes or pending) and not firmware
@@ -322,10 +432,12 @@ def plan_host(
         reason = f"{why}: {'; '.join(diffs)}"
     return HostPlan(
         spec=spec,
+        dropin=dropin,
         notes=tuple(notes),
         files=owned,
-        update_bootloader=distro.update_bootloader if (grub_changes or pending) else None,
-        update_initramfs=distro.update_initramfs if (modprobe_changes or pending) and initramfs_tool else None,
+        # grubby: only the argument changes (the entries are read back, a pending reboot needs none)
+        update_bootloader=bootloader_command if (grub_changes or pending) else None,
+        update_initramfs=initramfs.command if (modprobe_changes or pending) else None,
         running_diffs=tuple(diffs),
         firmware=tuple(str(c) for c in firmware),
         pending=pending,
@@ -334,7 +446,8 @@ def plan_host(
         reboot_if_bios_on=bool(not_in_effect),
         reboot_reason=reason or (f"host boot configuration changed: {'; '.join(diffs)}" if not_in_effect else ""),
         not_in_effect=not_in_effect,
+        record_after_bootloader=grubby is not None,
     )
 
 
-__all__ = ["DROPIN", "GPU_CONF", "REBOOT_MARKER", "TEE_CONF", "HostPlan", "OwnedFile", "plan_host"]
+__all__ = ["DROPIN", "GPU_CONF", "OWNED_ARGS", "REBOOT_MARKER", "TEE_CONF", "HostPlan", "OwnedFile", "plan_host"]

@@ -77,8 +77,73 @@ def run_stages(stages: list[str]) -> None:
     active = {h.name for h in inventory.get_active_hosts()}  # --limit applied
     refuse_unbounded_reboots(stages, {n: c for n, c in configs.items() if n in active}, sys.argv)
     _prepare_controller_once(stages)
+    run_steps(schedule(stages))
+
+
+def run_steps(steps: list[tuple[str, str]]) -> None:
+    """Call each (role module, function) in order, each in its own pyinfra loop position.
+
+    pyinfra (CLI mode) identifies an operation by the line numbers of its call stack only, not
+    the file names (``pyinfra/api/operation.py`` ``solve_operation_consistency`` at 3.10). Every
+    step is called from the same line here, so two stages' operations on the same line of their
+    role files would become one operation across hosts: a KBS-host operation merged with a
+    worker's (one name shown for both, the order of the two stages mixed), or ``Cannot have
+    different values for _parallel`` when one of them is a rolling reboot. The loop position
+    (``host.loop``) is part of the hash, so the step index keeps them apart; every host runs
+    the same steps, so the same operation still shares its hash across hosts.
+
+    Before each step every host passes ``checks.step_reached`` (no remote command): all hosts
+    finish a step before any starts the next, so stages keep their order across hosts (the
+    KBS host's kbs stage after the workers' firmware stage), and the output names each step.
+    """
+    from ccfactory.operations import checks
+
+    for module, step in host.loop(steps):
+        checks.step_reached(name=step_label(module, step))
+        getattr(importlib.import_module(module), step)()
+
+
+def step_label(module: str, step: str) -> str:
+    """The output's name of a step: ``Step: firmware``, ``Step: host (configure)``."""
+    stage = module.rsplit(".", 1)[-1]
+    return f"Step: {stage}" if step == "apply" else f"Step: {stage} ({step})"
+
+
+# stages that write boot configuration and can leave its reboot to one shared reboot
+DEFERRING_STAGES = ("host", "gpu")
+BOOT_ROLE = "ccfactory.roles.boot"
+
+
+def schedule(stages: list[str]) -> list[tuple[str, str]]:
+    """The (role module, function) calls that run ``stages``, in order.
+
+    Each stage is its role's ``apply``, except when the run reboots for more than one reason
+    (two or more of firmware, host, gpu): then the host and gpu stages write their boot
+    configuration first (``configure``), the firmware stage runs, one shared reboot follows
+    for whatever is still pending (``ccfactory.roles.boot``), and the host and gpu stages
+    finish (``settle``). A BIOS reset boots the new kernel configuration too, so a worker
+    reboots as often as its BIOS passes need, or once (issue 17; docs/performance.md).
+
+    Example::
+
+        schedule(["preflight", "firmware", "host", "gpu", "kbs"])
+        # [(preflight, apply), (host, configure), (gpu, configure), (firmware, apply),
+        #  (boot, apply), (host, settle), (gpu, settle), (kbs, apply)]
+    """
+    deferring = [s for s in stages if s in DEFERRING_STAGES]
+    rebooting = [s for s in stages if s in REBOOTING_STAGES]
+    if len(rebooting) < 2 or not deferring:
+        return [(STAGES[s], "apply") for s in stages]
+    steps: list[tuple[str, str]] = []
     for stage in stages:
-        importlib.import_module(STAGES[stage]).apply()
+        if stage not in REBOOTING_STAGES:
+            steps.append((STAGES[stage], "apply"))
+        elif stage == rebooting[0]:  # where the first rebooting stage stood: all of them
+            steps += [(STAGES[s], "configure") for s in deferring]
+            steps += [(STAGES["firmware"], "apply")] if "firmware" in stages else []
+            steps.append((BOOT_ROLE, "apply"))
+            steps += [(STAGES[s], "settle") for s in deferring]
+    return steps
 
 
 # stages whose reboots are rolling (pyinfra's ``_parallel``)
@@ -130,8 +195,12 @@ def _prepare_controller_once(stages: list[str]) -> None:
 
 
 def site() -> None:
-    """Every stage, in order (``pyinfra INVENTORY ccfactory.deploys.site``)."""
+    """Every stage, in order (``pyinfra INVENTORY ccfactory.deploys.site``), then the KBS
+    reference values learned from this run's smoke checks (as ``deploy/site.py``)."""
     run_stages(list(STAGES))
+    from ccfactory.roles.kbs import register_learned
+
+    register_learned()
 
 
 __all__ = ["run_stages", "site", "host"]

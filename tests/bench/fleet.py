@@ -199,7 +199,7 @@ def run_fleet(
             hosts.append((name, {
                 "bmc_vendor": spec.vendor, "bmc_address": spec.address, "bmc_port": spec.port, "bmc_username": user,
                 "bmc_password_file": str(pw), "bmc_ca_bundle": str(ca), "reboot_batch_size": batch,
-                "reboot_timeout": max(60, int(reset_seconds * 10)), "fake_delay": 0, "fake_delay_jitter": 0,
+                "reboot_timeout": max(120, int(reset_seconds * 10)), "fake_delay": 0, "fake_delay_jitter": 0,
             }))
             groups["workers"].append(name)
             groups[spec.tee].append(name)

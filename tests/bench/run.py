@@ -1,8 +1,8 @@
 """ccfactory benchmarks on the lab (not tests: nothing is asserted; figures are printed).
 
-    sudo .venv/bin/python tests/bench/run.py              # full: N = 1, 3, 5 nodes; fleets of 50 and 100 BMCs
-    sudo .venv/bin/python tests/bench/run.py --quick      # smoke: N = 1; a fleet of 10 BMCs, 1 s resets
-    sudo .venv/bin/python tests/bench/run.py --write docs/performance.md   # also (re)write the figures page
+    .venv/bin/python tests/bench/run.py              # full: N = 1, 3, 5 nodes; fleets of 50 and 100 BMCs
+    .venv/bin/python tests/bench/run.py --quick      # smoke: N = 1; a fleet of 10 BMCs, 1 s resets
+    .venv/bin/python tests/bench/run.py --write docs/performance.md   # also (re)write the figures page
 
 1. **Cold full-site converge** of N lab nodes: ``ccfactory lab reset`` (fresh disks, factory BIOS
    and GPU state), then the operator's command ``pyinfra -y inventories/lab.py deploy/site.py``;
@@ -17,6 +17,10 @@
    simulated time, no node boots), rolling batch of 10: wall time of the BIOS passes against the
    floor (per pass: ceil(hosts rebooting / batch) x reset time), Redfish requests per host
    (converge and no-op) - see ``fleet.py``.
+4. **Firmware plan at fleet scale**: ``ccfactory firmware plan`` (read only) over 100, 500 and
+   1,000 BMC-only lab BMCs of mixed vendors (quick: 20): wall time (median of 3 runs), plans/s,
+   Redfish requests, logins and TLS connections per BMC, controller and emulator CPU, peak
+   controller RSS, failures - see ``fleet_plan.py``. ``--fleet-plan N[,N]`` alone runs only this.
 
 Needs root and the lab's host packages (as ``scripts/test.sh`` installs them). Takes the lab
 test lock (``/run/lock/ccfactory-lab-tests.lock``): it waits for a running test session, and a
@@ -49,10 +53,13 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(BENCH.parent))  # tests/support.py
 
 from fleet import FleetResult, run_fleet  # noqa: E402
+from fleet_plan import FleetPlanResult, plan_table, run_fleet_plan  # noqa: E402
 
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 LOCK = Path("/run/lock/ccfactory-lab-tests.lock")
-STAGES = ["Preflight", "Firmware", "Host", "GPU", "KBS", "Runtime", "Verify"]
+# stage prefixes of the operation names, in site order ("Boot": the one reboot the host and
+# gpu stages share in a site run, ccfactory.deploys.schedule)
+STAGES = ["Preflight", "Firmware", "Boot", "Host", "GPU", "KBS", "Runtime", "Verify"]
 PROFILES = ["amd-snp-hgx", "intel-tdx", "plain"]  # the lab's default cycle: SNP+8 H100, TDX+2 B200, KBS
 
 SITE_DEPLOY = f"""\
@@ -102,6 +109,8 @@ class SiteResult:
     noop: Run
     bare: Run
     notes: list[str] = field(default_factory=list)
+    reboots: dict[str, int] = field(default_factory=dict)  # node -> boots during the cold run
+    noop_reboots: dict[str, int] = field(default_factory=dict)  # node -> boots during the no-op run
 
 
 def log(message: str) -> None:
@@ -191,9 +200,16 @@ def site_bench(nodes: int, work: Path) -> SiteResult:
     log(f"  N={nodes}: lab up and reset to factory state in {up_s:.1f} s ({', '.join(profiles)})")
     site = work / "bench_site.py"
     site.write_text(SITE_DEPLOY)
+
+    def boots() -> dict[str, int]:
+        return {n["name"]: n["boots"] for n in manager.status(lab_dir=lab)["nodes"] if n["in_lab"]}
+
+    boots0 = boots()
     cold = pyinfra_run(inventory, site, work, f"n{nodes}-cold")
+    boots1 = boots()
     log(f"  N={nodes}: cold converge {cold.wall:.1f} s (exit {cold.rc}, {len(cold.failed_hosts)} host(s) failed)")
     noop, bare_run = noop_and_bare(inventory, work, f"n{nodes}")
+    boots2 = boots()
     notes = []
     for label, run in (("cold", cold), ("no-op", noop)):
         if run.rc != 0:
@@ -203,7 +219,14 @@ def site_bench(nodes: int, work: Path) -> SiteResult:
     if unreplayable:
         notes.append(f"N={nodes}: {unreplayable} fact read(s) with non-JSON arguments not replayed in the bare run")
     hosts = sorted(set(noop.commands) | set(cold.commands))
-    return SiteResult(nodes, hosts, up_s, cold, noop, bare_run, notes)
+    return SiteResult(nodes, hosts, up_s, cold, noop, bare_run, notes,
+                      reboots={n: boots1[n] - boots0.get(n, 0) for n in boots1},
+                      noop_reboots={n: boots2[n] - boots1.get(n, 0) for n in boots2})
+
+
+def reboot_summary(reboots: dict[str, int]) -> str:
+    """``node1 3, node2 4, node3 0``."""
+    return ", ".join(f"{n} {k}" for n, k in sorted(reboots.items())) or "-"
 
 
 # ------------------------------------------------------------------ tables
@@ -218,7 +241,7 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def cold_table(results: list[SiteResult]) -> str:
-    headers = ["N", "connect", "prepare", *[s.lower() for s in STAGES], "exit", "total", "result"]
+    headers = ["N", "connect", "prepare", *[s.lower() for s in STAGES], "exit", "total", "result", "reboots per node"]
     rows = []
     for r in results:
         if not r.cold.wall:  # a reused lab: no cold run
@@ -227,13 +250,13 @@ def cold_table(results: list[SiteResult]) -> str:
         result = "converged" if c.rc == 0 else f"exit {c.rc}: {len(c.failed_hosts)} failed"
         rows.append([str(r.nodes), f"{c.phases.get('connect', 0):.1f}", f"{c.phases.get('prepare', 0):.1f}",
                      *[f"{c.stages.get(s, 0):.1f}" for s in STAGES], f"{c.phases.get('exit', 0):.1f}",
-                     f"{c.wall:.1f}", result])
+                     f"{c.wall:.1f}", result, reboot_summary(r.reboots)])
     return table(headers, rows)
 
 
 def noop_table(results: list[SiteResult]) -> str:
     headers = ["N", "no-op wall s", "bare wall s", "wall ratio", "changes", "cmds/host ccf (facts+ops, files)",
-               "cmds/host bare", "cmds ratio"]
+               "cmds/host bare", "cmds ratio", "reboots"]
     rows = []
     for r in results:
         n, b = r.noop, r.bare
@@ -245,6 +268,7 @@ def noop_table(results: list[SiteResult]) -> str:
             str(n.changed_ops),
             f"{ccf_cmds:.0f} ({n.per_host('fact_commands'):.0f}+{ops_cmds:.0f}, {n.per_host('transfers'):.0f})",
             f"{bare_cmds:.0f}", f"{ccf_cmds / bare_cmds:.2f}" if bare_cmds else "-",
+            str(sum(r.noop_reboots.values())) if r.noop_reboots else "-",
         ])
     return table(headers, rows)
 
@@ -302,7 +326,8 @@ def machine() -> dict[str, str]:
     }
 
 
-def report(command: str, sites: list[SiteResult], fleets: list[FleetResult], notes: list[str], total_s: float) -> str:
+def report(command: str, sites: list[SiteResult], fleets: list[FleetResult], notes: list[str], total_s: float,
+           plans: list[FleetPlanResult] | None = None) -> str:
     parts = ["## Machine", "", table(["", ""], [[k, v] for k, v in machine().items()]), "",
              f"Command: `{command}` ({total_s / 60:.1f} min in all)", ""]
     if any(s.cold.wall for s in sites):
@@ -323,6 +348,13 @@ def report(command: str, sites: list[SiteResult], fleets: list[FleetResult], not
                   "time / floor. pyinfra batch floor: pyinfra's `_parallel` batches cut the host list in order, so a batch "
                   "whose hosts need no reboot in that pass still takes a slot.", "",
                   fleet_table(fleets), ""]
+    if plans:
+        parts += ["## 4. Firmware plan (read only) at fleet scale (BMC-only lab BMCs, mixed vendors)", "",
+                  "`ccfactory firmware plan INVENTORY --json` as the operator runs it (start-up and inventory validation "
+                  "included), median of the runs. Redfish req/host: the command's own count; logins, logouts and TLS "
+                  "connections per BMC: from the emulators' request logs; CPU: the command (wait4) and every emulator "
+                  "process (/proc) over the run; both share the machine's CPUs.", "",
+                  plan_table(plans), ""]
     if notes:
         parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     return "\n".join(parts)
@@ -335,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", default=None, help="comma-separated BMC counts (default 50,100; 0 = none)")
     parser.add_argument("--fleet-mix", choices=["uniform", "mixed"], default="uniform",
                         help="uniform: every BMC dell/snp (3 passes); mixed: every vendor x TEE (2-5 passes)")
+    parser.add_argument("--fleet-plan", default=None, metavar="N[,N]",
+                        help="BMC counts for `firmware plan` (default 100,500,1000; quick 20; 0 = none); given "
+                             "alone (without --nodes/--fleet/--reuse-lab) it runs only this part")
+    parser.add_argument("--plan-runs", type=int, default=3, help="runs of `firmware plan` per fleet size (median)")
     parser.add_argument("--reset-seconds", type=float, default=None, help="simulated BMC reset time (default 5; quick 1)")
     parser.add_argument("--batch", type=int, default=None, help="reboot_batch_size for the fleet (default 10; quick 5)")
     parser.add_argument("--write", metavar="FILE", help="also write the report (Markdown) to FILE")
@@ -346,15 +382,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.geteuid() != 0:
         parser.error("the benchmarks need root (the lab)")
+    others_given = args.nodes is not None or args.fleet is not None or args.reuse_lab
+    if args.fleet_plan is not None and not others_given:  # `--fleet-plan N` alone: only the plan benchmark
+        args.nodes, args.fleet = "0", "0"
+    plan_default = "0" if others_given else ("20" if args.quick else "100,500,1000")
     nodes = [int(n) for n in (args.nodes or ("1" if args.quick else "1,3,5")).split(",") if n.strip() and int(n)]
     fleets = [int(n) for n in (args.fleet or ("10" if args.quick else "50,100")).split(",") if n.strip() and int(n)]
+    plan_fleets = [int(n) for n in (args.fleet_plan or plan_default).split(",") if n.strip() and int(n)]
     reset_seconds = args.reset_seconds if args.reset_seconds is not None else (1.0 if args.quick else 5.0)
     batch = args.batch or (5 if args.quick else 10)
     combos = [("dell", "snp")]
     if args.fleet_mix == "mixed":
         combos = [(v, t) for v in ("dell", "hpe", "lenovo", "supermicro", "generic") for t in ("snp", "tdx")]
     given = sys.argv[1:] if argv is None else argv
-    command = " ".join(["sudo .venv/bin/python tests/bench/run.py", *map(shlex.quote, given)])
+    command = " ".join([".venv/bin/python tests/bench/run.py", *map(shlex.quote, given)])
 
     lock = None
     if not args.no_lock:
@@ -374,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     sites: list[SiteResult] = []
     fleet_results: list[FleetResult] = []
+    plan_results: list[FleetPlanResult] = []
     notes: list[str] = []
     try:
         if args.reuse_lab:
@@ -409,10 +451,24 @@ def main(argv: list[str] | None = None) -> int:
             notes += [f"fleet of {count}: {n}" for n in fr.notes]
             if fr.failed:
                 notes.append(f"fleet of {count}: {len(fr.failed)} host(s) failed, e.g. {', '.join(fr.failed[:3])}")
+        for count in plan_fleets:
+            log(f"4. firmware plan (read only), {count} BMC-only BMCs of mixed vendors, {args.plan_runs} run(s)")
+            try:
+                pr = run_fleet_plan(count, runs=args.plan_runs, progress=log)
+            except Exception as exc:  # noqa: BLE001
+                notes.append(f"plan fleet of {count}: not measured: {type(exc).__name__}: {exc}")
+                log(f"  plan fleet of {count}: FAILED: {type(exc).__name__}: {exc}")
+                continue
+            plan_results.append(pr)
+            notes += [f"plan fleet of {count}: {n}" for n in pr.notes]
+            for k, r in enumerate(pr.runs, 1):
+                if r.failed or r.rc:
+                    notes.append(f"plan fleet of {count}, run {k}: exit {r.rc}, {len(r.failed)} host(s) failed, "
+                                 f"e.g. {'; '.join(r.errors[:2]) or ', '.join(r.failed[:3])}")
     finally:
         if lock is not None:
             lock.close()
-    text = report(command, sites, fleet_results, notes, time.monotonic() - t0)
+    text = report(command, sites, fleet_results, notes, time.monotonic() - t0, plan_results)
     print()
     print(text)
     if args.write:

@@ -119,7 +119,7 @@ def test_wrong_checksum_caches_nothing(tmp_path):
     src.mkdir()
     (src / "kata-static-x.tar.xz").write_bytes(b"not the pinned release")
     wrong = Artifact(name="kata-static", version="x", filename="kata-static-x.tar.xz", url="https://example/x",
-                     sha256=hashlib.sha256(b"pinned").hexdigest(), source="test")
+                     sha256=hashlib.sha256(b"pinned").hexdigest(), source="test", pin="upstream-checksum-file")
     source = ArtifactSource(kind="local", directory=str(src), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ChecksumMismatch, match="does not match the BOM's"):
         fetch_artifact(wrong, source)
@@ -132,7 +132,7 @@ def test_kata_needing_newer_containerd_than_anything_reachable():
     choice = spec.choose_containerd("1.6.20", "1.6.20", None, "the BOM's containerd could not be fetched: Could not resolve host",
                                     need.min_containerd, "kata-static 4.1.0")
     assert choice.action == "fail"
-    assert "needs containerd >= 2.2: installed 1.6.20, the distribution offers 1.6.20" in choice.problems[0]
+    assert "needs containerd >= 1.7: installed 1.6.20, the distribution offers 1.6.20" in choice.problems[0]
     assert "Could not resolve host" in choice.problems[0]
 
 

@@ -8,7 +8,6 @@ that read their BIOS state from the BMC; it is skipped with the ``local`` source
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest

@@ -127,11 +127,19 @@ def drivers(lab) -> dict[str, str]:
     return {line.split()[0]: (line.split()[1].rsplit("/", 1)[-1] if len(line.split()) > 1 else "") for line in out.splitlines()}
 
 
+def _boots(lab) -> int:
+    from ccfactory.lab import manager
+
+    return next(n["boots"] for n in manager.status(lab_dir=lab.dir)["nodes"] if n["name"] == NODE)
+
+
 def test_first_run_switches_binds_and_reboots_once(site):
     lab, deploy = site
     boot_before = lab.ssh(NODE, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    boots = _boots(lab)
     rc, result, out = run_stage(lab, deploy)
     assert rc == 0, out[-4000:]
+    assert _boots(lab) - boots == 1, "the gpu stage alone reboots exactly once (issue 17: a count, not a time)"
     changed = changed_ops(result)
     assert any("GPUs in CC mode on" in name for name in changed)
     assert any("Reboot to bind the GPUs to vfio-pci" in name for name in changed)

@@ -1,6 +1,8 @@
-"""The KBS stage on the lab's plain node (node3, group kbs): Trustee (the lab stand-in, from the
-lab artifact server through the lab BOM overlay) installed with HTTPS, keys and a strict policy;
-a second run changes nothing; checked from the controller like an operator would.
+"""The KBS stage on the lab's plain node (node3, group kbs): Trustee as upstream ships it, a
+container image by digest under podman (here the lab stand-in's image, from the lab registry
+through the lab BOM overlay), with HTTPS, keys and a strict policy; a second run changes
+nothing; checked from the controller like an operator would, and the unit by systemd's own
+``systemd-analyze verify`` on the node.
 
 Runs ``pyinfra -y --json <inventory> <deploy>`` on the lab inventory plus ``kbs_url`` for every
 host. Until the lead registers the stage (``ccfactory.deploys.STAGES``) and the stand-in
@@ -23,9 +25,7 @@ from ccfactory.bom import BomError, bom_for
 from ccfactory.config import HostData
 from ccfactory.kbs.client import KbsClient
 from ccfactory.kbs.errors import AdminAuthError
-from ccfactory.kbs.policy import spec_of
 from ccfactory.lab import artifacts
-from ccfactory.lab.standins import trustee
 
 pytestmark = pytest.mark.lab
 
@@ -53,17 +53,14 @@ workers, kbs, snp, tdx, gpu = (_ns[g] for g in ("workers", "kbs", "snp", "tdx", 
 
 @pytest.fixture(scope="module")
 def site(lab, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        if "trustee" not in {s.name for s in artifacts.standins()}:
-            registered = artifacts.standins()
-            mp.setattr(artifacts, "standins", lambda: (*registered, trustee.standin()))
-        started = artifacts.status(lab.dir) is None
-        artifacts.start(lab.dir)
+    started = artifacts.status(lab.dir) is None
+    artifacts.start(lab.dir)
     try:
         try:
-            bom_for(True, str(lab.dir)).artifact("trustee")
+            image = bom_for(True, str(lab.dir)).artifact("trustee")
         except (BomError, KeyError) as exc:
             pytest.fail(f"the lab BOM overlay has no usable trustee stand-in: {exc}")
+        assert image.kind == "oci-image" and image.digest.startswith("sha256:")
         work = tmp_path_factory.mktemp("kbs-site")
         deploy = work / "kbs.py"
         deploy.write_text(DEPLOY)
@@ -90,7 +87,8 @@ def fresh_node(lab) -> None:
     lab.ssh(
         KBS_NODE,
         "systemctl disable --now trustee-kbs >/dev/null 2>&1; rm -rf /etc/trustee /var/lib/trustee "
-        "/opt/ccfactory/trustee /usr/local/bin/kbs /etc/systemd/system/trustee-kbs.service; systemctl daemon-reload",
+        "/etc/systemd/system/trustee-kbs.service; systemctl daemon-reload; "
+        "if command -v podman >/dev/null; then podman rm -f --ignore ccfactory-kbs; podman rmi -a -f; fi >/dev/null 2>&1; true",
     )
 
 
@@ -142,23 +140,30 @@ def test_first_run_installs_a_strict_https_kbs(site):
                               "/etc/trustee/keys/https.key /etc/trustee/keys/token.key /etc/trustee/keys/admin.pub "
                               "/var/lib/trustee").stdout.split("\n")  # fmt: skip
     assert modes[:7] == [
-        "/etc/trustee 750 root:kbs",
-        "/etc/trustee/kbs-config.toml 640 root:kbs",
-        "/etc/trustee/keys 750 root:kbs",
-        "/etc/trustee/keys/https.key 600 kbs:kbs",
-        "/etc/trustee/keys/token.key 600 kbs:kbs",
+        "/etc/trustee 750 root:root",
+        "/etc/trustee/kbs-config.toml 640 root:root",
+        "/etc/trustee/keys 750 root:root",
+        "/etc/trustee/keys/https.key 600 root:root",
+        "/etc/trustee/keys/token.key 600 root:root",
         "/etc/trustee/keys/admin.pub 644 root:root",
-        "/var/lib/trustee 700 kbs:kbs",
+        "/var/lib/trustee 700 root:root",
     ]
     # the admin and CA private keys never reach the node
     assert lab.ssh(KBS_NODE, "grep -rl 'PRIVATE KEY' /etc/trustee | sort").stdout.split() == [
         "/etc/trustee/keys/https.key", "/etc/trustee/keys/token.key"]  # fmt: skip
     assert (pki_dir(home, lab) / "admin.key").stat().st_mode & 0o777 == 0o600
-    pid = lab.ssh(KBS_NODE, "systemctl show -p MainPID --value trustee-kbs").stdout.strip()
-    assert lab.ssh(KBS_NODE, f"ps -o user=,args= -p {pid}").stdout.split()[0] == "kbs"
+    # the container runs the BOM's image by digest, with no capabilities and a read-only root
+    image = bom_for(True, str(lab.dir)).artifact("trustee")
+    inspect = lab.ssh(KBS_NODE, "podman inspect ccfactory-kbs --format "
+                                "'{{.ImageName}} {{.EffectiveCaps}} {{.HostConfig.ReadonlyRootfs}}'").stdout.split()  # fmt: skip
+    assert inspect == [image.reference, "[]", "true"], inspect
+    # systemd's own check of the unit, on the node where podman is installed
+    verify = lab.ssh(KBS_NODE, "systemd-analyze verify /etc/systemd/system/trustee-kbs.service 2>&1; echo rc=$?")
+    assert verify.stdout.strip().splitlines()[-1] == "rc=0", verify.stdout
+    assert "trustee-kbs.service" not in verify.stdout, verify.stdout  # no warning about the unit
     c = client(site)
-    assert spec_of(c.get_resource_policy()).kind == "strict"
-    assert c.negative_health_check() == "sample evidence is denied by the resource policy (403 PolicyDeny)"
+    assert c.list_resource_policies() == ["resource-policy"]
+    assert c.negative_health_check() == "sample evidence is denied by the resource policy (401 PolicyDeny)"
 
 
 def test_second_run_changes_nothing(site):
@@ -168,12 +173,70 @@ def test_second_run_changes_nothing(site):
     assert rc == 0, out[-4000:]
     assert changed_ops(result) == []
     assert "KBS health: sample evidence is denied by the resource policy" in out
+    # reference values: what the SNP worker's site policy gives is registered (origin shown), what
+    # cannot be obtained in the lab (no /dev/sev, no guest launched by the runtime) is pending
+    assert "KBS reference value snp_smt_allowed [" in out and ": site policy (runtime_snp_guest_policy" in out, out[-4000:]
+    assert "KBS reference value pending: " in out and "reported TCB: SNP_PLATFORM_STATUS on /dev/sev failed" in out
+    assert "snp_launch_measurement" in out
+    assert client(site).query_reference_value("snp_smt_allowed") in (True, False)  # a scalar, as the policy compares it
+    summary = json.loads((pki_dir(home, lab) / "reference-values.json").read_text())  # for the readiness report
+    origins = {(r["name"], r["origin"]) for r in summary["references"]}
+    assert ("snp_smt_allowed", "site policy") in origins and ("snp_smt_enabled", "read from the host") in origins
+    # before the runtime stage and a guest launch the measurement is pending with the reason (a lab
+    # whose worker kept a runtime log from an earlier session may already have it computed)
+    measured = [r for r in summary["references"] if r["name"] == "snp_launch_measurement"]
+    assert measured or any("snp_launch_measurement" in p for p in summary["pending"]), summary["pending"]
+    print("\n".join(summary["pending"]))
     assert lab.ssh(KBS_NODE, "systemctl show -p MainPID --value trustee-kbs").stdout.strip() == pid  # not restarted
+
+
+KBS_RUNTIME_DEPLOY = """\
+from ccfactory import deploys
+deploys.run_stages(["preflight", "kbs", "runtime"])
+"""
+SNP_NODE = "node1"  # SNP + 8 H100 (tests/lab/test_runtime_stage.py)
+SNP_GPU_SHIM = "qemu-nvidia-gpu-snp"  # the lab's SNP worker has GPUs: its smoke check runs this shim
+
+
+def test_a_logged_snp_launch_is_measured_and_registered(site):
+    """The kata-static stand-in logs the QEMU launch as Kata 4.1.0 does (qemu.go:3591, syslog tag
+    kata); the kbs stage reads it from the SNP worker's journal, measures the stand-in's OVMF
+    (sev-snp-measure's own AmdSev data), kernel and that command line with sev-snp-measure, and
+    registers the digest as a computed value; a re-run changes nothing."""
+    from ccfactory.coco import spec
+    from ccfactory.kbs import snp_measure
+
+    lab, deploy, inventory, url, home, _ = site
+    both = deploy.with_name("kbs_runtime.py")
+    both.write_text(KBS_RUNTIME_DEPLOY)
+    rc, _, out = run_stage(both, inventory, home)  # the runtime stage installs the stand-in kata-static
+    assert rc == 0, out[-4000:]
+    snp = SNP_NODE
+    config = spec.shim_config(SNP_GPU_SHIM)
+    # what the stand-in shim runs when containerd starts a sandbox (program/containerd-shim-kata-v2.sh)
+    lab.ssh(snp, f"/opt/kata/bin/kata-runtime --config {config} ccfactory-lab-launch ccfactory-lab-kbs-test")
+    logged = lab.ssh(snp, "journalctl -t kata --no-pager -q -o cat | grep -F 'launching ' | tail -n 1").stdout
+    assert "sandbox=ccfactory-lab-kbs-test" in logged and "kernel-hashes=on" in logged, logged
+    args = snp_measure.parse_qemu_command(snp_measure.qemu_command_from_log(logged))
+    assert args["bios"] == "/opt/kata/share/ovmf/AMDSEV.fd"
+
+    rc, result, out = run_stage(deploy, inventory, home)
+    assert rc == 0, out[-4000:]
+    summary = json.loads((pki_dir(home, lab) / "reference-values.json").read_text())
+    rows = [r for r in summary["references"] if r["name"] == "snp_launch_measurement"]
+    mine = [r for r in rows if r["scope"].endswith(f"/{SNP_GPU_SHIM}")]
+    assert mine and mine[0]["origin"] == "computed", (rows, summary["pending"])
+    assert "sev-snp-measure 0.0.13 --mode snp" in mine[0]["source"] and "append: runtime log" in mine[0]["source"]
+    assert mine[0]["value"] in client(site).query_reference_value("snp_launch_measurement")
+    assert "KBS reference value snp_launch_measurement [" in out and ": computed (" in out
+    print(f"\n{mine[0]['scope']}: snp_launch_measurement {mine[0]['value']}")
+    rc, result, out = run_stage(deploy, inventory, home)
+    assert rc == 0 and changed_ops(result) == [], out[-4000:]
 
 
 def test_admin_api_refuses_another_key(site):
     with pytest.raises(AdminAuthError):
-        client(site, admin_key=ed25519.Ed25519PrivateKey.generate()).get_resource_policy()
+        client(site, admin_key=ed25519.Ed25519PrivateKey.generate()).list_resource_policies()
 
 
 def test_a_changed_config_is_put_back_and_the_service_restarted(site):
@@ -190,7 +253,7 @@ def test_resources_are_uploaded_once(site):
     lab, deploy, inventory, url, home, extra = site
     assert extra, "kbs_resources must be a HostData key"
     c = client(site)
-    c.set_resource_policy(c.get_resource_policy())  # unchanged: proves admin access still works
+    c.check_admin_auth()  # admin access still works
     rc, result, out = run_stage(deploy, inventory, home)
     assert rc == 0 and changed_ops(result) == [], out[-4000:]
     from ccfactory.kbs.errors import PolicyDenied

@@ -4,9 +4,13 @@ hardware their BIOS state and boot config say. The last test takes the lab down.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -148,6 +152,92 @@ def test_bmc_style_power_actions(lab):
     assert power(lab.dir, name, "restart") == "On"
     lab.wait_ssh(name)
     assert lab.ssh(name, "cat /proc/sys/kernel/random/boot_id").stdout != before
+
+
+def test_the_lab_gate_proves_this_running_lab(lab, tmp_path):
+    """The real probe (ccfactory.lab.proof) against the running lab: every node proven from its live
+    supervisor, the bridges and the lab CA; the lab inventory gets lab relaxations; a copy of the
+    lab's state files elsewhere, or a lab host sent to another machine, gets none."""
+    from ccfactory.config import InventoryError, load_node_config
+    from ccfactory.inventory import load_inventory, validate_inventory
+    from ccfactory.lab import proof
+
+    live = proof.prove_lab(lab.dir)
+    assert not live.dead, live.dead
+    assert {n.name for n in live.nodes} == set(lab.nodes)
+    for name, node in lab.nodes.items():
+        found = live.node_for(node["address"])
+        assert found is not None and found.name == name
+        assert node["bmc_address"] in found.bmc_addresses
+    assert live.ca_fingerprint == proof.ca_fingerprint((lab.dir / "pki" / "ca.pem").read_bytes())
+
+    inventory = load_inventory(lab.inventory)
+    configs = validate_inventory(inventory)
+    assert configs and all(cfg.lab for cfg in configs.values())
+
+    # the lab's own state files, copied: the supervisors name the real lab dir, not the copy
+    copy = tmp_path / "copy"
+    (copy / "pki").mkdir(parents=True)
+    shutil.copy2(lab.dir / "lab.json", copy / "lab.json")
+    shutil.copy2(lab.dir / "pki" / "ca.pem", copy / "pki" / "ca.pem")
+    for name in lab.nodes:
+        (copy / "nodes" / name).mkdir(parents=True)
+        shutil.copy2(lab.dir / "nodes" / name / "supervisor.pid", copy / "nodes" / name / "supervisor.pid")
+    forged = proof.prove_lab(copy)
+    assert not forged.nodes and all("is not its supervisor" in why for why in forged.dead.values()), forged
+
+    host = next(iter(configs))
+    data = inventory.get_host(host).data.dict()
+    for change, field in [({"lab_dir": str(copy)}, "lab"), ({"ssh_hostname": "192.0.2.7"}, "ssh_hostname")]:
+        with pytest.raises(InventoryError) as info:
+            load_node_config(host, inventory.get_host(host).groups, {**data, **change}, check_files=False)
+        assert any(p.host == host and p.field == field and p.fix for p in info.value.problems), info.value
+
+
+def test_ipv6_end_to_end_bmc_and_ssh(lab, tmp_path):
+    """A lab up with --ipv6: the inventory names a node and its BMC by their ULA addresses only;
+    ccfactory's Redfish client reads the BMC at https://[v6]:443 (TLS verified against the lab CA,
+    the BMC no longer answering on IPv4), and pyinfra's SSH connector runs a command on the node
+    over IPv6. Then the lab goes back to IPv4, its inventory as before."""
+    from ccfactory.clients.redfish import RedfishClient
+    from ccfactory.inventory import load_inventory, validate_inventory
+    from ccfactory.lab import network, proc
+
+    name = lab.node_of_profile("amd-snp-hgx")
+    index = lab.nodes[name]["index"]
+    v6, bmc6 = network.node_address_v6(index), network.bmc_address_v6(index)
+    inventory6 = tmp_path / "lab6.py"
+    before = lab.inventory.read_text()
+    try:
+        manager.up(lab_dir=lab.dir, inventory=inventory6, ipv6=True)
+        assert f"{v6}/64" in lab.ssh(name, "ip -6 -o addr show dev eth0 scope global").stdout
+        configs = validate_inventory(load_inventory(inventory6))
+        cfg = configs[v6]  # the host is its IPv6 address; the lab gate proved it from live state
+        assert cfg.lab and cfg.bmc.address == bmc6 and cfg.bmc.verify_tls
+        assert not proc.listening(lab.nodes[name]["bmc_address"], 443), "the BMC must answer on IPv6 only"
+        with RedfishClient.from_config(cfg.bmc, host=v6) as client:
+            assert client.base_url == f"https://[{bmc6}]:443"
+            assert client.power_state() == "On"
+            assert client.read_bios(registry=False).attributes
+            assert client.requests_made > 0
+        # the operator's read-only entry point, every TEE node's BMC by its IPv6 address
+        plan = subprocess.run([str(Path(sys.executable).with_name("ccfactory")), "firmware", "plan", str(inventory6)],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+        assert plan.returncode == 0, plan.stdout[-2000:] + plan.stderr[-2000:]
+        workers = [h for h, c in configs.items() if c.tee in ("snp", "tdx")]
+        assert workers and all(h in plan.stdout for h in workers), plan.stdout[-2000:]
+        boot_id = lab.ssh(name, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
+        run = subprocess.run(
+            [str(Path(sys.executable).with_name("pyinfra")), "-y", "--limit", v6, str(inventory6), "exec", "--",
+             "cat /proc/sys/kernel/random/boot_id"],
+            capture_output=True, text=True, timeout=180, cwd=tmp_path, env={**os.environ, "PYINFRA_PROGRESS": "off"},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        assert f"[{v6}] {boot_id}" in run.stdout + run.stderr, run.stdout[-2000:] + run.stderr[-2000:]
+    finally:
+        manager.up(lab_dir=lab.dir, inventory=lab.inventory, ipv6=False)
+    assert lab.inventory.read_text() == before
+    assert proc.listening(lab.nodes[name]["bmc_address"], 443)
 
 
 def test_second_up_changes_nothing_and_is_fast(lab):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -185,7 +186,9 @@ def test_first_run_installs_and_registers_exactly_the_handlers(site):
         assert env["Runtime"]["Config"]["DropIns"] == [f"{d}/runtimes/{shim}/config.d/50-ccfactory.toml"]
         assert env["Hypervisor"]["ConfidentialGuest"] is True and env["Hypervisor"]["SevSnpGuest"] is True
         assert env["Hypervisor"]["Firmware"] == "/opt/kata/share/ovmf/AMDSEV.fd"
-        assert "agent.aa_kbc_params=cc_kbc::https://10.199.0.13:8443" in env["Kernel"]["Parameters"]
+        # the guest command line stays upstream's (SNP measures it); the KBS reaches guests through initdata
+        upstream = tomllib.loads(site.ssh(f"cat {d}/configuration-{shim}.toml").stdout)["hypervisor"]["qemu"]["kernel_params"]
+        assert env["Kernel"]["Parameters"] == upstream and "agent." not in upstream
         assert env["Hypervisor"]["ColdPlugVFIO"] == ("root-port" if "gpu" in shim else "no-port")
     # initdata on the node, matching the controller's report
     report = json.loads((site.out / "reports" / f"{site.addr(NODE)}.json").read_text())
@@ -205,6 +208,43 @@ def test_second_run_changes_nothing_and_restarts_nothing(site):
     assert rc == 0, out[-5000:]
     assert changed_ops(result) == [], changed_ops(result)
     assert site.main_pid() == pid
+
+
+OPERATOR_ROOT_V2 = """\
+# an operator's own version 2 root config
+version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.9"
+"""
+
+
+def test_debians_containerd_parses_what_ccfactory_writes_for_the_roots_version(site):
+    """Debian's real containerd (1.6.x) parses the config ccfactory renders for an operator's
+    version 2 root: handlers, the operator's settings and runc side by side. The former
+    always-version-3 drop-in imported under that root gives the CRI plugin no Kata handler at all
+    (1.6 does not know the version 3 plugin ids), which is why ids follow the root's version."""
+    from ccfactory.coco import containerd_config as cc
+    from ccfactory.coco.containerd_config import Handler
+
+    handlers = [Handler.for_shim("qemu-snp"), Handler.for_shim("qemu-nvidia-gpu-snp")]
+    d = "/run/ccfactory-version-test"
+    default = site.ssh("containerd config default").stdout
+    main = cc.desired_files(drop_in=False, main_current=OPERATOR_ROOT_V2, dropin_current=None, default_config=default,
+                            handlers=handlers, config_version=2).files[cc.MAIN_CONFIG]
+    old_dropin = cc.render_dropin(handlers, 3)
+    root_importing = cc.main_config_importing(OPERATOR_ROOT_V2, f"{d}/kata.toml")
+    site.ssh(f"mkdir -p {d} && printf %s {shlex.quote(main)} > {d}/main.toml && printf %s {shlex.quote(old_dropin)} > {d}/kata.toml"
+             f" && printf %s {shlex.quote(root_importing)} > {d}/root.toml")
+    try:
+        dump = tomllib.loads(site.ssh(f"containerd --config {d}/main.toml config dump").stdout)
+        cri = dump["plugins"]["io.containerd.grpc.v1.cri"]
+        assert WANTED <= set(cri["containerd"]["runtimes"]) and "runc" in cri["containerd"]["runtimes"]
+        assert cri["sandbox_image"] == "registry.k8s.io/pause:3.9" and dump["version"] == 2
+        old = tomllib.loads(site.ssh(f"containerd --config {d}/root.toml config dump").stdout)
+        old_runtimes = old["plugins"].get("io.containerd.grpc.v1.cri", {}).get("containerd", {}).get("runtimes", {})
+        assert not WANTED & set(old_runtimes), sorted(old_runtimes)
+    finally:
+        site.ssh(f"rm -rf {d}", check=False)
 
 
 def test_config_containerd_rejects_is_not_put_in_place(site):

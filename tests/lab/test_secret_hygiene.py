@@ -105,7 +105,7 @@ def secret_needles(lab) -> tuple[Needles, dict[str, Path]]:
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     needles.add("KBS admin private key", raw, binary=True)
     needles.add("KBS admin private key (PKCS#8 DER)", der, binary=True)
-    for i, line in enumerate(l for l in pem.splitlines() if l and not l.startswith(b"-----")):
+    for i, line in enumerate(row for row in pem.splitlines() if row and not row.startswith(b"-----")):
         needles.add_text(f"KBS admin private key (PEM line {i + 1})", line)
     stores["KBS admin private key"] = admin
 

@@ -5,12 +5,15 @@ with the check context the verify stage builds (``CheckContext(..., fleet=fleet_
 state.inventory))``). What must hold, independently of what the check says about itself:
 
 * containerd really created the smoke container with the node's Kata TEE handler's runtime
-  type (``io.containerd.kata-qemu-snp.v2`` / ``-tdx``), seen in containerd's own event
+  type (both lab workers have GPUs: ``io.containerd.kata-qemu-nvidia-gpu-snp.v2`` / ``-tdx``),
+  with ``cc_init_data`` as its only Kata annotation, seen in containerd's own event
   stream (``ctr events`` on the node), and it started, exited and was deleted;
-* the KBS (the lab Trustee stand-in on node3) registered the fresh resource, denied it to
-  the sample evidence of the lab CDH stand-in (403), and deleted it (its journal and its
-  storage directory);
-* the outcome is ``pass`` with exactly ``LAB_SIMULATED``; with a lab-permissive policy the
+* the KBS (the lab Trustee stand-in on node3) registered the fresh resource
+  (``ccfactory-verify/attestation-smoke-<tee>-gpu/...``, bound by the strict policy to the
+  node's TEE and an affirming GPU), denied it to the sample evidence of the lab CDH stand-in
+  (PolicyDeny), and deleted it (its journal and its storage directory);
+* the outcome is ``pass`` with exactly ``LAB_SIMULATED``, which names every step and whether
+  the lab ran it or simulated it; with a lab-permissive policy the
   same check fails (the KBS released the resource to sample evidence);
 * nothing is left on the workers: no smoke container, no stand-in process, no work dir.
 """
@@ -27,7 +30,6 @@ from pathlib import Path
 
 import pytest
 
-from ccfactory.kbs.client import KbsClient
 from ccfactory.kbs.policy import PolicySpec, render_resource_policy
 from ccfactory.lab import artifacts
 from ccfactory.verify.attestation import CHECK_ID, CONTAINER_PREFIX, LAB_SIMULATED, NAMESPACE, SMOKE_REPO
@@ -208,21 +210,23 @@ def test_attestation_check_passes_in_the_lab_with_what_was_simulated(site):
         assert result["simulated"] == LAB_SIMULATED
         detail = result["detail"]
         path = re.search(rf"resource ({SMOKE_REPO}/\S+),", detail)[1]
-        assert f"through kata-qemu-{tee} (io.containerd.kata-qemu-{tee}.v2)" in detail
-        assert "denied it to sample evidence (403 PolicyDeny)" in detail and f"(not {tee})" in detail
+        assert f"through kata-qemu-nvidia-gpu-{tee} (io.containerd.kata-qemu-nvidia-gpu-{tee}.v2)" in detail
+        assert "denied it (PolicyDeny) to a token of TEE type sample" in detail and f"only to {tee} evidence" in detail
+        assert path.startswith(f"{SMOKE_REPO}/attestation-smoke-{tee}-gpu/")
         assert "resource deleted" in detail and "smoke container removed" in detail
         # containerd's own account: created with the Kata TEE handler's runtime, ran, exited, deleted
         created = smoke_events(events[node], "/containers/create")
         assert len(created) == 1, events[node]
-        assert created[0]["runtime"]["name"] == f"io.containerd.kata-qemu-{tee}.v2"
+        assert created[0]["runtime"]["name"] == f"io.containerd.kata-qemu-nvidia-gpu-{tee}.v2"
         cid = created[0]["id"]
         assert [e for e in smoke_events(events[node], "/tasks/start") if e["container_id"] == cid]
         exits = [e for e in smoke_events(events[node], "/tasks/exit") if e["container_id"] == cid]
-        assert exits and exits[0]["exit_status"] == 64 + 8 * 2 + 3  # denied; token of type sample
+        assert exits and exits[0]["exit_status"] == 64 + 2  # denied (to a token of type sample)
         assert [e for e in smoke_events(events[node], "/containers/delete") if e["id"] == cid]
         # the KBS's own account: registered, denied to the sample evidence, deleted
-        assert f"resource {path} registered (32 bytes)" in journal
-        assert re.search(rf"GET /kbs/v0/resource/{re.escape(path)}: Access denied by policy", journal), journal[-3000:]
+        assert f"resource {path} written (32 bytes)" in journal
+        assert re.search(rf"GET /kbs/v0/resource/{re.escape(path)}: PolicyDeny: Access denied by policy", journal), \
+            journal[-3000:]
         assert f"resource {path} deleted" in journal
     stored = lab.ssh(KBS_NODE, "ls /var/lib/trustee/storage/repository/").stdout
     assert SMOKE_REPO not in stored
@@ -241,16 +245,11 @@ def test_the_image_is_cached_and_small(site):
 def test_a_lab_permissive_policy_fails_the_check(site):
     """The KBS releasing the fresh resource to sample evidence is a failure, in the lab too."""
     lab = site[0]
-    pki = lab.dir / "kbs" / "pki"
-    client = KbsClient(f"https://{lab.nodes[KBS_NODE]['address']}:8443", ca_cert=pki / "ca.crt",
-                       admin_key=pki / "admin.key", lab=True)  # fmt: skip
-    strict = client.get_resource_policy()
-    client.set_resource_policy(render_resource_policy(PolicySpec("lab-permissive"), header="test, LAB ONLY"))
-    try:
+    from site_lab import resource_policy_replaced
+
+    permissive = render_resource_policy(PolicySpec("lab-permissive"), header="test, LAB ONLY")
+    with resource_policy_replaced(lab.inventory, lab.nodes[KBS_NODE]["address"], permissive, lab.dir):
         results, _ = run_check_on_workers(site)
-    finally:
-        client.set_resource_policy(strict)
-    assert client.get_resource_policy() == strict
     for result in results.values():
         assert result["status"] == "fail", result
         assert "released the fresh resource to sample (non-TEE) evidence" in result["detail"]
@@ -316,5 +315,5 @@ def test_the_shipped_suite_runs_it_over_testinfra(site):
                         "-c", str(suite / "pytest.ini"), str(suite), "--pyinfra-inventory", str(inventory)],
                        cwd=suite, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "3 passed" in r.stdout and r.stdout.count("pass lab: the smoke container ran through kata-qemu-") == 2
+    assert "3 passed" in r.stdout and r.stdout.count("pass lab: the smoke container ran through kata-qemu-nvidia-gpu-") == 2
     assert_workers_clean(lab)

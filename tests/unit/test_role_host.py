@@ -9,7 +9,6 @@ something and its commands.
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from pyinfra.api import FileUploadCommand, FunctionCommand
@@ -22,6 +21,7 @@ from ccfactory.operations import host as host_ops
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootConfig
 from ccfactory.roles.host.plan import DROPIN, GPU_CONF, TEE_CONF
 from support import plan_role_on_fake_host
+from lab_standin import stand_in_lab
 from test_role_host_sim import BIOS_OFF, SNP_ON, SimNode
 
 HOST = "@fake/node1"
@@ -61,7 +61,7 @@ class SimFacts:
 def _lab_dir(tmp_path):
     lab = tmp_path / "lab"
     lab.mkdir(exist_ok=True)
-    (lab / "lab.json").write_text(json.dumps({"nodes": {"node1": {"address": HOST}}}))
+    stand_in_lab(lab, {"node1": HOST})  # the lab gate proves a running lab (tests/lab_standin.py)
     return lab
 
 
@@ -219,7 +219,7 @@ def test_unknown_distro_fails_clearly_without_crashing(tmp_path):
     ops, answers, _ = run_role(node, tmp_path)
     assert [o[0] for o in ops] == ["Host ready for its TEE configuration"]
     message = failure_message(ops, "Host ready for its TEE configuration")
-    assert "rocky 9.4 is not a supported distribution (supported: ubuntu 24.04, 25.10, 26.04; debian 12, 13)" in message
+    assert "rocky 9.4 is not a supported distribution (supported: ubuntu 24.04, 25.10, 26.04; debian 12, 13; rhel 9, 10)" in message
 
 
 @pytest.mark.parametrize("os_id, version", [("ubuntu", "24.04"), ("ubuntu", "25.10"), ("ubuntu", "26.04"), ("debian", "12"), ("debian", "13")])
