@@ -36,7 +36,8 @@ stamp=.venv/.ccfactory-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   log "pip install -e .[test,lab]"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lab]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c 'import ccfactory, pyinfra, sushy, testinfra' 
+  .venv/bin/python -c 'import ccfactory, pyinfra, sushy, testinfra'
+  .venv/bin/ruff --version >/dev/null
   touch "$stamp"
 fi
 log "ready: .venv/bin/ccfactory, .venv/bin/pyinfra, .venv/bin/pytest"

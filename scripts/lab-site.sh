@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: bring up the lab and deploy the whole site on it.
-# Usage: sudo scripts/lab-site.sh [--nodes N]
+# Usage (as root): scripts/lab-site.sh [--nodes N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
