@@ -16,3 +16,23 @@ from support import REPO
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def live_lab():
+    """Stand running labs in for the lab gate (``ccfactory.lab.proof``), without root or a lab:
+    ``live_lab(lab_dir, {"node1": "10.199.0.11"}, bmcs={"node1": "10.199.1.11"}, ca=ca_pem)``
+    makes hosts of that lab directory pass the gate; any other directory still has no lab. The
+    previous probe is restored afterwards."""
+    from ccfactory.lab import proof
+    from lab_standin import StandInProbe, stand_in
+
+    probe = StandInProbe()
+    previous = proof.set_probe(probe)
+
+    def install(lab_dir, nodes, *, bmcs=None, ca=None):
+        return probe.add(stand_in(lab_dir, nodes, bmcs=bmcs, ca=ca))
+
+    install.probe = probe
+    yield install
+    proof.set_probe(previous)

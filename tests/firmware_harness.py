@@ -85,7 +85,7 @@ class Node(SimulatedFirmwareHost):
             "bmc_retries": 2,
             "bmc_retry_backoff": 0.01,
             "bmc_timeout": 10.0,
-            "reboot_timeout": 30,
+            "reboot_timeout": 120,
             "fake_delay": 0,
             "fake_delay_jitter": 0,
         }

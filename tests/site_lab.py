@@ -201,3 +201,29 @@ def site_lab(lab, tmp: Path) -> Iterator[SiteLab]:
         manager.up(lab_dir=lab.dir, inventory=lab.inventory, platform_source=previous.get("platform_source", "local"))
         for node in lab.nodes:
             lab.wait_ssh(node, timeout=120)
+
+
+@contextlib.contextmanager
+def resource_policy_replaced(inventory: Path, kbs_host: str, text: str, tmp: Path) -> Iterator[None]:
+    """The KBS of ``kbs_host`` holds ``text`` as its resource policy inside the block, then the
+    policy the kbs stage renders for this inventory again (Trustee cannot read a policy back:
+    ``GET resource-policy`` lists ids only, so the stage's own rendering is restored)."""
+    from ccfactory.config import load_node_config
+    from ccfactory.inventory import load_inventory
+    from ccfactory.kbs.client import KbsClient, Ledger
+    from ccfactory.kbs.settings import kbs_settings
+    from ccfactory.roles import kbs as kbs_role
+
+    hosts = load_inventory(inventory)
+    host = next(h for h in hosts if h.name == kbs_host)
+    cfg = load_node_config(host.name, host.groups, host.data.dict())
+    settings = kbs_settings(cfg, host.data.dict())
+    _, tees, gpus = kbs_role._fleet(hosts)
+    rendered = kbs_role.resource_policy(settings, tees, gpus)
+    client = KbsClient(settings.url, ca_cert=settings.pki_dir / "ca.crt", admin_key=settings.pki_dir / "admin.key", lab=True)
+    scratch = Ledger(tmp / "replaced-policy-ledger.json", "test")  # never the stage's own ledger
+    client.set_resource_policy(text, scratch)
+    try:
+        yield
+    finally:
+        client.set_resource_policy(rendered, scratch)

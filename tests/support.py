@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Real recordings (nvidia-smi from an H100/H200, vendor Redfish payloads) live beside the checkout.
-FIXTURES = REPO.parent / "shared" / "fixtures"
+# Real recordings (nvidia-smi from an H100/H200, vendor Redfish payloads), copied into the repository
+# with their provenance (tests/fixtures/RECORDINGS.md, tests/fixtures/redfish/SOURCES.tsv).
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def materialize(files: dict, root: Path) -> None:
@@ -81,9 +85,9 @@ KERNEL_SIDE = {"snp": "", "tdx": " intel_iommu=on kvm_intel.tdx=1 nohibernate"}
 # of the profile, plus one where the BMC locks SGXFactoryReset until SGX is applied.
 EXPECTED_PASSES = {
     ("dell", "snp"): 3,
-    ("dell", "tdx"): 3,
+    ("dell", "tdx"): 4,
     ("hpe", "snp"): 2,
-    ("hpe", "tdx"): 3,
+    ("hpe", "tdx"): 4,
     ("lenovo", "snp"): 3,
     ("lenovo", "tdx"): 3,
     ("supermicro", "snp"): 3,
@@ -195,3 +199,31 @@ def plan_role_on_fake_host(host_name: str, data: dict, groups: dict[str, list[st
         arguments = {**op_data.global_arguments, **meta.global_arguments}  # + _parallel ...
         ops.append((", ".join(meta.names).removeprefix(strip), op_data.operation_meta._maybe_is_change, commands, arguments))
     return ops, state.get_meta_for_host(host)
+
+
+def exit_code(proc: subprocess.Popen, timeout: float) -> int:
+    """The exit code of ``proc`` once it has exited, polling its pid directly.
+
+    Under gevent's monkey patching (pyinfra, imported by other test modules) ``Popen.wait``
+    waits on the hub's SIGCHLD watcher, which a loaded CI machine was seen to miss: the wait
+    ran out although the process had gone. ``waitpid(WNOHANG)`` asks the kernel (gevent's own
+    version returns the status its watcher already reaped). Fails naming the process state
+    when it really is still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already (by gevent's watcher): Popen has the code
+            return proc.wait(timeout=5)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode
+        if time.monotonic() > deadline:
+            try:
+                state = next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                             if line.startswith("State:"))
+            except (OSError, StopIteration):
+                state = "State: unknown"
+            proc.kill()
+            raise AssertionError(f"pid {proc.pid} still running {timeout} s after the signal ({state})")
+        time.sleep(0.05)

@@ -11,10 +11,12 @@ from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
-from ccfactory.config import HostData
+from ccfactory.config import VALIDATION_RULES, HostData
 
 BEGIN = "<!-- BEGIN generated: ccfactory docs (options) -->"
 END = "<!-- END generated: ccfactory docs (options) -->"
+RULES_BEGIN = "<!-- BEGIN generated: ccfactory docs (validation rules) -->"
+RULES_END = "<!-- END generated: ccfactory docs (validation rules) -->"
 
 SECTION_TITLES = {
     "node": "Node",
@@ -60,14 +62,33 @@ def options_markdown() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _range(field) -> str:
+    ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    parts = [f"{op} {getattr(m, name)}" for m in field.metadata for name, op in ops.items() if hasattr(m, name)]
+    return ", ".join(parts)
+
+
+def rules_markdown() -> str:
+    """Every validation rule: ``ccfactory.config.VALIDATION_RULES`` and the fields' ranges."""
+    lines = [f"- **{keys}**: {rule} (source: {source})" for keys, rule, source in VALIDATION_RULES]
+    ranges = [f"`{key}` {r}" for key, field in HostData.model_fields.items() if (r := _range(field))]
+    lines.append(f"- **ranges** (from `HostData`): {'; '.join(ranges)}")
+    return "\n".join(lines) + "\n"
+
+
+def _replace(text: str, begin: str, end: str, body: str, readme: Path) -> str:
+    if begin not in text or end not in text:
+        raise ValueError(f"{readme} lacks the markers {begin} ... {end}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}{end}{tail}"
+
+
 def update_readme(readme: Path, *, check: bool = False) -> bool:
-    """Rewrite the generated block of ``readme``; return True if it changed (or would)."""
+    """Rewrite the generated blocks of ``readme``; return True if it changed (or would)."""
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme} lacks the markers {BEGIN} ... {END}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{options_markdown()}{END}{tail}"
+    new = _replace(text, BEGIN, END, options_markdown(), readme)
+    new = _replace(new, RULES_BEGIN, RULES_END, rules_markdown(), readme)
     if new == text:
         return False
     if not check:

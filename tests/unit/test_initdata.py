@@ -56,9 +56,25 @@ def test_annotation_is_gzip_base64_and_deterministic():
     assert a.summary()["annotations"][ANNOTATION] == a.annotation
 
 
-def test_kernel_params_name_the_kbs():
+def test_settings_reach_the_guest_through_initdata_only():
+    """No agent kernel parameters (SNP measures the command line): the only annotation workload
+    owners get is cc_init_data, and the KBS is named in aa.toml/cdh.toml."""
     d = render_initdata(settings(), tee="tdx")
-    assert d.kernel_params.split() == ["agent.aa_kbc_params=cc_kbc::https://kbs.example:8443", "agent.guest_components_rest_api=resource"]
+    assert set(d.summary()["annotations"]) == {ANNOTATION} and not hasattr(d, "kernel_params")
+    assert "agent." not in d.document
+
+
+def test_aa_toml_has_coco_as_only_for_a_separate_attestation_service():
+    """guest-components@d4dce5ce: coco_as is optional (src/config/mod.rs:105-114) and points at an
+    attestation service (config.example.toml:3-4), not at the KBS."""
+    aa = tomllib.loads(parse_initdata(render_initdata(settings(), tee="snp").document)["data"]["aa.toml"])
+    assert set(aa["token_configs"]) == {"kbs"}
+    aa = tomllib.loads(parse_initdata(render_initdata(settings(coco_as_url="http://as.example:8000"), tee="snp").document)
+                       ["data"]["aa.toml"])  # fmt: skip
+    assert aa["token_configs"]["coco_as"] == {"url": "http://as.example:8000"}
+    assert aa["token_configs"]["kbs"]["url"] == "https://kbs.example:8443"
+    with pytest.raises(InitdataError, match="coco_as_url"):
+        render_initdata(settings(coco_as_url="ftp://x"), tee="snp")
 
 
 def test_platform_digest_pads_and_truncates():

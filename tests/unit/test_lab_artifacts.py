@@ -36,7 +36,7 @@ def test_tarball_is_deterministic_and_has_the_real_layout(tmp_path):
     with tarfile.open(fa) as tar:
         members = tar.getmembers()
     top = members[0].name
-    assert top.startswith("gpu-admin-tools-v2026.02.24o-ccfactory-lab.1") and members[0].isdir()
+    assert top.startswith("gpu-admin-tools-v2025.10.20o-ccfactory-lab.1") and members[0].isdir()
     names = [m.name.removeprefix(top + "/") for m in members[1:]]
     assert "nvidia_gpu_tools.py" in names and "cli/main.py" in names and "cli/__init__.py" in names
     assert names == sorted(names)
@@ -62,8 +62,8 @@ def test_overlay_with_the_lab_server_url_is_used_for_lab_hosts_only(tmp_path):
     assert a.url == f"http://10.199.0.1:8080/{a.filename}"
     with pytest.raises(BomError, match="must be an https:// URL"):
         parse_bom((tmp_path / "bom-lab.toml").read_text())  # plain http is for the lab overlay only
-    with pytest.raises(KeyError, match="not pinned"):
-        bom_for(False, str(tmp_path)).artifact("gpu-admin-tools")
+    # any other host gets the packaged pin (NVIDIA's commit), never the stand-in
+    assert bom_for(False, str(tmp_path)).artifact("gpu-admin-tools").kind == "git"
 
 
 def test_server_serves_the_artifacts_and_stops(tmp_path):

@@ -224,13 +224,15 @@ def test_inventory_groups_and_keys(tmp_path):
 def test_inventory_passes_the_projects_validation(tmp_path):
     """The lead's NodeConfig validation accepts the lab's host data (lab.json is checked too)."""
     from ccfactory.config import load_node_config
+    from lab_standin import stand_in_lab
 
-    (tmp_path / "lab.json").write_text(json.dumps({"nodes": {"node1": {"address": "10.199.0.11"}}}))
+    # the lab gate proves a running lab from live state: stand one in (tests/lab_standin.py)
+    stand_in_lab(tmp_path, {"node1": "10.199.0.11", "node3": "10.199.0.13"},
+                 bmcs={"node1": "10.199.1.11", "node3": "10.199.1.13"})
     data = _host("snp", 8, "H100") | {"lab_dir": str(tmp_path)}  # ssh_* are pyinfra connector keys
     cfg = load_node_config("10.199.0.11", ("workers", "snp", "gpu"), data, check_files=False)
     assert cfg.tee == "snp"
-    plain = _host("none", 0, None) | {"lab_dir": str(tmp_path)}
-    (tmp_path / "lab.json").write_text(json.dumps({"nodes": {"node3": {"address": "10.199.0.13"}}}))
+    plain = _host("none", 0, None) | {"lab_dir": str(tmp_path), "bmc_address": "10.199.1.13"}
     assert load_node_config("10.199.0.13", ("kbs",), plain, check_files=False).tee == "none"
 
 

@@ -17,7 +17,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -72,14 +71,6 @@ def render_config(acng_dir: Path, sources: list[AptSource], upstream_proxy: str 
     return "\n".join(lines) + "\n"
 
 
-def _listening(host: str, port: int, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def pidfile(lab: Path) -> Path:
     return lab / "run" / "acng.pid"
 
@@ -101,7 +92,7 @@ def ensure_apt_proxy(lab: Path, sources: list[AptSource]) -> int:
         conf.write_text(text)
         conf.chmod(0o600)  # may carry the host's upstream proxy credentials
     pid = proc.read_pidfile(pidfile(lab))
-    if pid and not changed and _listening(LAB_GATEWAY, PROXY_PORT):
+    if pid and not changed and proc.listening(LAB_GATEWAY, PROXY_PORT, timeout=0.3):
         return pid
     if pid:
         proc.stop(pid, what="apt-cacher-ng")
@@ -110,7 +101,7 @@ def ensure_apt_proxy(lab: Path, sources: list[AptSource]) -> int:
     exe = which("apt-cacher-ng")
     if not exe:
         raise LabError("missing apt-cacher-ng: apt-get install apt-cacher-ng")
-    if _listening(LAB_GATEWAY, PROXY_PORT):
+    if proc.listening(LAB_GATEWAY, PROXY_PORT, timeout=0.3):
         raise LabError(f"something else already listens on {LAB_GATEWAY}:{PROXY_PORT}; stop it first")
     argv = [exe, "-c", str(conf_dir)]
     try:
@@ -131,7 +122,7 @@ def ensure_apt_proxy(lab: Path, sources: list[AptSource]) -> int:
     proc.write_pidfile(pidfile(lab), pid)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if _listening(LAB_GATEWAY, PROXY_PORT):
+        if proc.listening(LAB_GATEWAY, PROXY_PORT, timeout=0.3):
             log.info("apt proxy: apt-cacher-ng pid %d listening on %s", pid, PROXY_URL)
             return pid
         if not proc.alive(pid):

@@ -29,7 +29,6 @@ import io
 import json
 import lzma
 import os
-import socket
 import sys
 import tarfile
 import time
@@ -85,9 +84,9 @@ def _gpu_admin_tools() -> StandIn:
 def standins() -> tuple[StandIn, ...]:
     """Every lab stand-in, one entry each: what cannot run here, served as if from upstream."""
     from ccfactory.lab.standins.kata_static import standin as kata_static_standin
-    from ccfactory.lab.standins.trustee import standin as trustee_standin
 
-    return (_gpu_admin_tools(), kata_static_standin(), trustee_standin())
+    # Trustee is an image (upstream's form), served by the lab registry (ccfactory.lab.registry)
+    return (_gpu_admin_tools(), kata_static_standin())
 
 
 # ------------------------------------------------------------------ deterministic tarballs
@@ -152,6 +151,9 @@ def bom_overlay(entries: list[dict]) -> str:
     return header + tomli_w.dumps({"schema_version": 1, "artifact": entries})
 
 
+IMAGE_ENTRIES = "registry/bom-entries.json"  # written by ccfactory.lab.registry.start
+
+
 def build(lab_dir: str | os.PathLike, url: str | None = None) -> Path:
     """Pack every stand-in into ``<lab_dir>/artifacts/`` and write ``<lab_dir>/bom-lab.toml``.
 
@@ -173,12 +175,16 @@ def build(lab_dir: str | os.PathLike, url: str | None = None) -> Path:
             "filename": s.filename,
             "url": f"{root}/{s.filename}",
             "sha256": sha256(data).hexdigest(),
+            "pin": "lab-stand-in",
             "source": SOURCE,
         }
         if s.note:
             entry["note"] = s.note
         entries.append(entry)
     wanted = {e["filename"] for e in entries}
+    images = lab / IMAGE_ENTRIES
+    if images.is_file():
+        entries += json.loads(images.read_text())
     for stale in out.iterdir():
         if stale.is_file() and stale.name not in wanted:
             stale.unlink()
@@ -204,14 +210,6 @@ def _state_file(lab: Path) -> Path:
 
 def _logfile(lab: Path) -> Path:
     return lab / "logs" / "artifacts.log"
-
-
-def _reachable(address: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def status(lab_dir: str | os.PathLike) -> dict | None:
@@ -246,7 +244,7 @@ def start(lab_dir: str | os.PathLike, address: str = DEFAULT_ADDRESS, port: int 
     url = base_url(address, port)
     build(lab, url)
     current = status(lab)
-    if current and current.get("address") == address and current.get("port") == port and _reachable(address, port):
+    if current and current.get("address") == address and current.get("port") == port and proc.listening(address, port):
         return current
     stop(lab)
     root = artifacts_dir(lab)

@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         help="where nodes read their applied BIOS state: the BMC emulator (auto, when present) "
         "or nodes/<n>/platform.json (local)",
     )  # fmt: skip
+    p.add_argument(
+        "--ipv6", action=argparse.BooleanOptionalAction, default=None,
+        help="name nodes and BMCs by their IPv6 (ULA) addresses in the inventory, BMCs listening there "
+        "(default: as before, else IPv4)",
+    )  # fmt: skip
     p = sub.add_parser("down", parents=[common], help="stop everything the lab started")
     p.add_argument("--wipe", action="store_true", help="also delete the lab directory (base image, apt cache, disks)")
     p = sub.add_parser("status", parents=[common], help="show nodes, power and services")
@@ -136,6 +141,7 @@ def cli_main(argv: list[str] | None = None) -> int:
                 inventory=args.inventory,
                 wait=not args.no_wait,
                 platform_source=args.platform_source,
+                ipv6=args.ipv6,
             )
             _print_status(st)
         elif args.cmd == "down":

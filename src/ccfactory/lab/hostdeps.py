@@ -43,6 +43,8 @@ HOST_TOOLS: tuple[HostTool, ...] = (
     HostTool("setpriv", "util-linux", "runs apt-cacher-ng unprivileged"),
     HostTool("mkfs.ext4", "e2fsprogs", "ext4 scratch space for containerd when the lab dir is not ext4"),
     HostTool("apt-config", "apt", "reads the host's apt proxy settings"),
+    HostTool("docker-registry", "docker-registry", "the lab's image registry (the Trustee stand-in image)"),
+    HostTool("skopeo", "skopeo", "pushes the Trustee stand-in image to the lab registry"),
 )
 
 

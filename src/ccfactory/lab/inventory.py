@@ -52,7 +52,7 @@ def render_ssh_config(addresses: list[tuple[str, str]], key: Path) -> str:
         out += [f"Host {name} {addr}", f"  HostName {addr}"]
     out += [
         "",
-        "Host 10.199.0.*",
+        "Host 10.199.0.* fdcc:f199::*",
         "  User root",
         f"  IdentityFile {key}",
         "  IdentitiesOnly yes",

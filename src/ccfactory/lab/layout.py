@@ -3,7 +3,8 @@
 ::
 
     <lab>/spec.json              node list the last `up` asked for (profiles, vendors)
-    <lab>/lab.json               present while the lab is up: nodes, addresses (read by `ccfactory check`)
+    <lab>/lab.json               present while the lab is up: nodes, addresses, the lab CA's SHA-256
+                                 (a claim: the lab gate, ccfactory.lab.proof, checks it against live state)
     <lab>/keys/id_ed25519{,.pub} SSH key for root on every node
     <lab>/secrets/bmc-password   BMC password (0600), shared by the lab's BMCs
     <lab>/pki/ca.pem             lab CA (made by the BMC emulator)

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ccfactory.lab import aptproxy, artifacts, features, gpustate, hostdeps, network, power, proc, rootfs
+from ccfactory.lab import aptproxy, artifacts, features, gpustate, hostdeps, network, power, proc, proof, registry, rootfs
 from ccfactory.lab.aptsources import lab_sources
 from ccfactory.lab.errors import LabError
 from ccfactory.lab.hwprofile import BMC_VENDORS, DEFAULT_CYCLE, load_profile
@@ -64,6 +64,12 @@ class NodeSpec:
     @property
     def bmc_address(self) -> str:
         return network.bmc_address(self.index)
+
+    def endpoints(self, ipv6: bool) -> tuple[str, str]:
+        """(SSH address, BMC address) the inventory names: IPv6 in a lab up with ``--ipv6``."""
+        if ipv6:
+            return network.node_address_v6(self.index), network.bmc_address_v6(self.index)
+        return self.address, self.bmc_address
 
 
 def plan_nodes(count: int, profiles: list[str] | None = None, vendors: list[str] | None = None) -> list[NodeSpec]:
@@ -180,19 +186,20 @@ def _node_dirs(lab: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
 
 
-def _bmc_specs(specs: list[NodeSpec]) -> list:
+def _bmc_specs(specs: list[NodeSpec], ipv6: bool = False) -> list:
     """What the BMC service gets per node: its ``BmcSpec`` when the emulator defines one, else a
     dict with the same fields (node, index, vendor, tee, address, port)."""
     spec_mod = _bmc_module("spec")
     out = []
     for s in specs:
         tee = load_profile(s.profile).tee
-        fields = {"node": s.name, "index": s.index, "vendor": s.vendor, "tee": tee, "address": s.bmc_address, "port": BMC_PORT}
+        fields = {"node": s.name, "index": s.index, "vendor": s.vendor, "tee": tee, "address": s.endpoints(ipv6)[1],
+                  "port": BMC_PORT}  # fmt: skip
         out.append(spec_mod.BmcSpec(**fields) if spec_mod and hasattr(spec_mod, "BmcSpec") else fields)
     return out
 
 
-def _start_bmcs(lab: Path, specs: list[NodeSpec], password_file: Path) -> dict[str, tuple[str, Path]]:
+def _start_bmcs(lab: Path, specs: list[NodeSpec], password_file: Path, ipv6: bool = False) -> dict[str, tuple[str, Path]]:
     """Start the BMC emulator for ``specs`` if it exists; returns node -> (username, password file).
 
     The emulator owns each BMC's credentials (``ccfactory.lab.bmc.credentials``); the
@@ -200,14 +207,15 @@ def _start_bmcs(lab: Path, specs: list[NodeSpec], password_file: Path) -> dict[s
     ``<lab>/secrets/bmc-<node>.password`` (0600). Without the emulator the lab-wide
     ``secrets/bmc-password`` is named instead.
     """
-    for s in specs:
-        network.ensure_bmc_address(s.bmc_address)
+    for s in specs:  # each BMC listens on one address: the other family's leaves the BMC bridge
+        network.ensure_bmc_address(s.endpoints(ipv6)[1])
+        network.remove_bmc_address(s.endpoints(not ipv6)[1])
     users = {s.name: (BMC_USERNAME, password_file) for s in specs}
     service = _bmc_module("service")
     if service is None:
         log.info("BMC emulator: ccfactory.lab.bmc.service is not available yet; nodes have no BMC endpoint")
         return users
-    service.start(lab, _bmc_specs(specs))
+    service.start(lab, _bmc_specs(specs, ipv6))
     creds = _bmc_module("credentials")
     if creds is None or not hasattr(creds, "read_credentials"):
         return users
@@ -361,6 +369,7 @@ def up(
     wait: bool = True,
     ssh_timeout: float = SSH_TIMEOUT,
     platform_source: str | None = None,
+    ipv6: bool | None = None,
 ) -> dict:
     """Bring the lab up (idempotent) and return ``status()``.
 
@@ -369,6 +378,9 @@ def up(
     each profile's BMC vendor). Writes ``inventory`` (default ``inventories/lab.py``).
     ``platform_source``: where nodes read their applied BIOS state, ``auto`` (the BMC
     emulator when present), ``bmc`` or ``local`` (``nodes/<n>/platform.json``).
+    ``ipv6`` (default: as before, else False): the inventory names nodes and BMCs by their IPv6
+    addresses and the BMCs listen there (nodes and bridges carry IPv6 either way; the KBS URL
+    and the lab's own services stay IPv4).
 
     Example: ``up(3, ["amd-snp-hgx"], lab_dir="/tmp/lab")``
     """
@@ -379,6 +391,7 @@ def up(
         platform_source or os.environ.get(features.ENV_SOURCE) or _spec_meta(lab).get("platform_source") or "auto"
     )
     features.source_name(platform_source)  # validates the choice
+    ipv6 = bool(_spec_meta(lab).get("ipv6", False)) if ipv6 is None else ipv6
     with _lab_lock(lab):
         previous = _read_spec(lab)
         count = nodes or len(previous) or 3
@@ -394,6 +407,9 @@ def up(
             nets = f"{network.LAB_BRIDGE} {network.LAB_GATEWAY}/24, {network.BMC_BRIDGE} {network.BMC_GATEWAY}/24"
             _step(f"network: bridges {nets}", t0)
         aptproxy.ensure_apt_proxy(lab, sources)
+        # the Trustee stand-in as an image in the lab registry (pulled by digest, as upstream's image)
+        image = registry.start(lab, sources)
+        write_if_changed(lab / artifacts.IMAGE_ENTRIES, json.dumps([image], indent=1) + "\n")
         # stand-in artifacts (GPU admin tool, ...) built and served "as if from upstream" on the bridge
         artifacts.start(lab)
         base, base_hash, built = rootfs.ensure_base_image(lab, sources)
@@ -404,16 +420,16 @@ def up(
             if name not in wanted_names and (running or network.netns_name(name) in network.list_netns()):
                 _remove_node(lab, name)
         # the BMCs first: a node reads its BIOS state from its BMC at every boot
-        bmc_users = _start_bmcs(lab, specs, password_file)
+        bmc_users = _start_bmcs(lab, specs, password_file, ipv6)
         for s in specs:
             did = _ensure_node(lab, s, base_hash, platform_source)
             if did:
                 _step(f"{s.name}: {s.profile} ({s.vendor} BMC) at {s.address}: {did}", t0)
         rootfs.remove_unused_bases(lab, {base_hash})
-        spec_json = {"platform_source": platform_source, "nodes": [asdict(s) for s in specs]}
+        spec_json = {"platform_source": platform_source, "ipv6": ipv6, "nodes": [asdict(s) for s in specs]}
         write_if_changed(lab / "spec.json", json.dumps(spec_json, indent=2) + "\n")
         ssh_config = lab / "ssh_config"
-        write_if_changed(ssh_config, render_ssh_config([(s.name, s.address) for s in specs], key))
+        write_if_changed(ssh_config, render_ssh_config([(s.name, s.endpoints(ipv6)[0]) for s in specs], key))
         inv_path = Path(inventory) if inventory else default_inventory_path()
         write_if_changed(inv_path.with_name(inv_path.stem + "_ssh_config"), ssh_config.read_text())
         ca = _lab_ca(lab)
@@ -443,7 +459,7 @@ def up(
                 "gpu_model": prof.gpu_model,
                 "gpu_cc_mode": "on" if prof.gpu_count else "off",
                 "bmc_vendor": s.vendor,
-                "bmc_address": s.bmc_address,
+                "bmc_address": s.endpoints(ipv6)[1],
                 "bmc_port": BMC_PORT,
                 "bmc_username": bmc_users[s.name][0],
                 "bmc_password_file": str(bmc_users[s.name][1]),
@@ -458,13 +474,16 @@ def up(
                 elif "workers" in groups:  # guests trust the site CA and fetch the lab model key
                     data["kbs_ca_cert"] = str(kbs_pki / "ca.crt")
                     data["coco_resource_uris"] = [f"kbs:///{LAB_MODEL_KEY}"]
-            hosts.append((s.address, data, groups))
+            hosts.append((s.endpoints(ipv6)[0], data, groups))
         if write_if_changed(inv_path, render_inventory(hosts, lab)):
             _step(f"inventory: wrote {inv_path}", t0)
         lab_json = {
             "lab_dir": str(lab),
             "inventory": str(inv_path),
             "ssh_config": str(ssh_config),
+            "ipv6": ipv6,
+            # the lab gate (ccfactory.lab.proof) checks pki/ca.pem against it
+            proof.CA_FINGERPRINT_KEY: proof.ca_fingerprint(ca.read_bytes()) if ca.is_file() else None,
             "nodes": {
                 s.name: {
                     "index": s.index,
@@ -473,6 +492,8 @@ def up(
                     "tee": load_profile(s.profile).tee,
                     "bmc_vendor": s.vendor,
                     "bmc_address": s.bmc_address,
+                    "address6": s.endpoints(True)[0],
+                    "bmc_address6": s.endpoints(True)[1],
                 }
                 for s in specs
             },
@@ -493,6 +514,7 @@ def _remove_node(lab: Path, name: str) -> None:
     try:
         idx = json.loads(paths.node_json.read_text())["index"]
         network.remove_bmc_address(network.bmc_address(idx))
+        network.remove_bmc_address(network.bmc_address_v6(idx))
     except (OSError, ValueError, KeyError):
         pass
     log.info("%s: removed from the running lab (its disk stays until `lab reset` or `lab down --wipe`)", name)
@@ -523,9 +545,9 @@ def _sweep_processes(lab: Path) -> list[int]:
         init = power.container_init(pid)
         proc.signal_pid(init, signal.SIGKILL) if init else None
         proc.stop(pid, timeout=5, what="stale systemd-nspawn")
-    acng = proc.find_processes(lab, ("apt-cacher-ng",))
+    acng = proc.find_processes(lab, ("apt-cacher-ng", "docker-registry"))
     for pid in acng:
-        proc.stop(pid, timeout=5, what="stale apt-cacher-ng")
+        proc.stop(pid, timeout=5, what="stale apt-cacher-ng or registry")
     bmcs = proc.find_processes(lab, (BMC_SERVER_MODULE, ARTIFACT_SERVER_MODULE))  # if their own stop missed one
     for pid in bmcs:
         proc.stop(pid, timeout=5, what="stale lab server")
@@ -535,7 +557,8 @@ def _sweep_processes(lab: Path) -> list[int]:
 def leftovers(lab_dir: str | os.PathLike | None = None) -> list[str]:
     """Anything of the lab still present: processes, mounts, network objects ([] after ``down``)."""
     lab = lab_path(lab_dir)
-    programs = ("ccfactory.lab.supervisor", "systemd-nspawn", "apt-cacher-ng", BMC_SERVER_MODULE, ARTIFACT_SERVER_MODULE)
+    programs = ("ccfactory.lab.supervisor", "systemd-nspawn", "apt-cacher-ng", "docker-registry", BMC_SERVER_MODULE,
+                ARTIFACT_SERVER_MODULE)  # fmt: skip
     out = [f"process {pid}: {' '.join(proc.cmdline(pid))[:80]}" for pid in proc.find_processes(lab, programs)]
     out += [f"mount {m}" for m in rootfs.mounts_below(lab)]
     out += network.leftovers()
@@ -564,6 +587,7 @@ def down(*, lab_dir: str | os.PathLike | None = None, wipe: bool = False) -> Non
                 list(pool.map(lambda n: _stop_supervisor(NodePaths(lab, n)), names))
             aptproxy.stop_apt_proxy(lab)
             artifacts.stop(lab)
+            registry.stop(lab)
             stale = _sweep_processes(lab)
             if stale:
                 log.info("stopped %d stale lab process(es) left by a crash", len(stale))
@@ -614,6 +638,7 @@ def status(*, lab_dir: str | os.PathLike | None = None) -> dict:
                 "tee": load_profile(s.profile).tee if s else None,
                 "bmc_vendor": s.vendor if s else None,
                 "address": address,
+                "address6": s.endpoints(True)[0] if s else None,
                 "bmc_address": s.bmc_address if s else None,
                 "in_lab": s is not None,
                 "power": power.status(lab, name),
@@ -629,7 +654,7 @@ def status(*, lab_dir: str | os.PathLike | None = None) -> dict:
     if service is not None and hasattr(service, "status"):
         try:
             bmc = [_plain(b) for b in service.status(lab)]
-        except Exception as exc:  # status must never fail because of the BMC emulator
+        except Exception as exc:  # noqa: BLE001 - status must never fail because of the BMC emulator
             bmc = {"error": str(exc)}
     return {
         "lab_dir": str(lab),

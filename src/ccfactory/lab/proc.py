@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,15 @@ def run(
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise LabError(f"command failed (exit {proc.returncode}): {' '.join(cmd)}: {' | '.join(tail)}")
     return proc
+
+
+def listening(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` (a lab server came up)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def start_time(pid: int) -> int | None:

@@ -8,7 +8,7 @@
 (c) the hardware profile (CPU, kernel, PCI devices), and
 (d) the GPUs' CC/PPCIe modes (``gpus.json``).
 
-Rules follow the kernel (shared/reference/cc-stack.md §2-3):
+Rules follow the kernel (docs/reference/cc-stack.md §2-3):
 
 * **SNP** is active (``CC_ATTR_HOST_SEV_SNP``) only if SMEE, SNP and RMP coverage are on in
   the applied BIOS and the IOMMU is on and *not* in passthrough mode; ``iommu=pt`` (or

@@ -23,17 +23,46 @@ from pathlib import Path
 from ccfactory.lab import proc
 from ccfactory.lab.aptproxy import node_apt_config
 from ccfactory.lab.aptsources import AptSource
+from ccfactory.lab.network import LAB_GATEWAY, REGISTRY_PORT
 from ccfactory.lab.errors import LabError
 from ccfactory.lab.hostdeps import which
 
 log = logging.getLogger("ccfactory.lab")
 
 SUITE = "bookworm"
-RECIPE_VERSION = 2  # bump when the build steps change in a way the hash cannot see
+RECIPE_VERSION = 3  # bump when the build steps change in a way the hash cannot see
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "iputils-ping", "ca-certificates",
     "sudo", "python3", "procps", "kmod", "less", "curl", "pciutils", "netbase",
+    "runc",  # podman's runtime in a node (crun cannot raise RLIMIT_MEMLOCK inside nspawn here)
 )  # fmt: skip
+
+# Lab-only podman settings, so the KBS stage's podman unit runs unchanged inside a node:
+# the node's root is overlayfs (no native overlay for podman: vfs), the node's cgroup2 has no
+# controllers on this host kind (no pids limit), crun needs CAP_SYS_RESOURCE that nspawn
+# cannot grant here (runc), and the lab registry on the bridge speaks plain HTTP.
+PODMAN_LAB_CONF = """\
+# ccfactory lab node only (ccfactory.lab.rootfs): see the comment there.
+[containers]
+pids_limit = 0
+
+[engine]
+runtime = "runc"
+"""
+PODMAN_LAB_STORAGE = """\
+# ccfactory lab node only: the node root is overlayfs, so podman stores images with vfs.
+[storage]
+driver = "vfs"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
+"""
+PODMAN_LAB_REGISTRY = f"""\
+# ccfactory lab node only: the lab registry on the lab bridge (ccfactory.lab.registry) is plain HTTP.
+# Images are still pulled by digest, which is what protects them.
+[[registry]]
+location = "{LAB_GATEWAY}:{REGISTRY_PORT}"
+insecure = true
+"""
 
 # Debian's stock /etc/default/grub (grub2-common), so drop-ins and edits behave as on a host.
 DEFAULT_GRUB = """\
@@ -98,6 +127,9 @@ def _base_files() -> dict[str, tuple[int, str]]:
             "etc/ssh/sshd_config.d/ccfactory-lab.conf": (0o644, SSHD_CONFIG),
             "etc/machine-id": (0o444, ""),
             "etc/systemd/system/ccfactory-lab-depmod.service": (0o644, DEPMOD_UNIT),
+            "etc/containers/containers.conf.d/50-ccfactory-lab.conf": (0o644, PODMAN_LAB_CONF),
+            "etc/containers/storage.conf": (0o644, PODMAN_LAB_STORAGE),
+            "etc/containers/registries.conf.d/50-ccfactory-lab.conf": (0o644, PODMAN_LAB_REGISTRY),
         }
     )
     return files
@@ -130,6 +162,35 @@ def base_dir(lab: Path, h: str) -> Path:
     return lab / "images" / f"base-{h}"
 
 
+def mmdebstrap(target: Path, *, variant: str, packages, sources: list[AptSource], logfile: Path, what: str) -> None:
+    """Build a ``SUITE`` root filesystem in ``target`` (replaced) with mmdebstrap from the lab's
+    apt sources; progress every 10 s; ``LabError`` with the log's last lines on failure."""
+    exe = which("mmdebstrap")
+    if not exe:
+        raise LabError(f"missing mmdebstrap (builds {what}): apt-get install mmdebstrap")
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        exe, f"--variant={variant}", "--mode=root", "--format=directory", f"--include={','.join(packages)}",
+        SUITE, str(target), *[s.one_line() for s in sources],
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    with open(logfile, "w") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        last = t0
+        while p.poll() is None:
+            time.sleep(0.5)
+            if time.monotonic() - last >= 10:
+                last = time.monotonic()
+                log.info("rootfs: still building %s (%.0f s)", what, last - t0)
+    if p.returncode != 0:
+        tail = logfile.read_text(errors="replace").strip().splitlines()[-8:]
+        shutil.rmtree(target, ignore_errors=True)
+        raise LabError(f"mmdebstrap ({what}) failed (exit {p.returncode}); last lines of {logfile}:\n  " + "\n  ".join(tail))
+
+
 def ensure_base_image(lab: Path, sources: list[AptSource]) -> tuple[Path, str, bool]:
     """The base image for the current recipe: ``(path, hash, built_now)``; builds it if missing.
 
@@ -139,34 +200,11 @@ def ensure_base_image(lab: Path, sources: list[AptSource]) -> tuple[Path, str, b
     target = base_dir(lab, h)
     if (target / ".ccfactory-base").is_file():
         return target, h, False
-    exe = which("mmdebstrap")
-    if not exe:
-        raise LabError("missing mmdebstrap (builds the node root filesystem): apt-get install mmdebstrap")
     tmp = lab / "images" / f".base-{h}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
     logfile = lab / "logs" / "mmdebstrap.log"
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        exe, "--variant=minbase", "--mode=root", "--format=directory",
-        f"--include={','.join(PACKAGES)}",
-        SUITE, str(tmp), *[s.one_line() for s in sources],
-    ]  # fmt: skip
     log.info("rootfs: building the %s base image with mmdebstrap (about 30 s; log %s)", SUITE, logfile)
     t0 = time.monotonic()
-    with open(logfile, "w") as out:
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        last = t0
-        while p.poll() is None:
-            time.sleep(0.5)
-            if time.monotonic() - last >= 10:
-                last = time.monotonic()
-                log.info("rootfs: still building (%.0f s)", last - t0)
-    if p.returncode != 0:
-        tail = logfile.read_text(errors="replace").strip().splitlines()[-8:]
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise LabError(f"mmdebstrap failed (exit {p.returncode}); last lines of {logfile}:\n  " + "\n  ".join(tail))
+    mmdebstrap(tmp, variant="minbase", packages=PACKAGES, sources=sources, logfile=logfile, what="the node root filesystem")
     _customize(tmp)
     (tmp / ".ccfactory-base").write_text(json.dumps(recipe(sources), indent=2) + "\n")
     tmp.rename(target)

@@ -218,7 +218,7 @@ class Supervisor:
                 self.booted_seq = max(self.booted_seq, int(req.get("seq", 0)))
                 try:
                     cmd = self.prepare()
-                except Exception as exc:  # a bad profile or state file must not kill the supervisor
+                except Exception as exc:  # noqa: BLE001 - a bad profile or state file must not kill the supervisor
                     log.error("cannot boot %s: %s", self.node, exc)
                     self.write_state("off", error=str(exc))
                     continue

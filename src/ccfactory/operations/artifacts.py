@@ -32,9 +32,12 @@ def unpacked_as(dest: str, sha256: str) -> bool:
     return bool(current) and current[0].strip() == sha256
 
 
-def verified_unpack(archive: str, dest: str, sha256: str, *, entry: str, executable: bool = False) -> StringCommand:
+def verified_unpack(archive: str, dest: str, sha256: str, *, entry: str, executable: bool = False,
+                    strip: int = 1) -> StringCommand:  # fmt: skip
     """The command that unpacks ``archive`` into ``dest`` if its sha256 matches and the tree
-    has ``entry`` (an executable one with ``executable``); group/other write bits removed."""
+    has ``entry`` (an executable one with ``executable``); group/other write bits removed.
+    ``strip``: leading directories to drop (1 for release tarballs with a top directory, 0 for
+    a ``git archive`` without ``--prefix``)."""
     a, d, tmp = shlex.quote(archive), shlex.quote(dest), shlex.quote(f"{dest}.ccfactory-new")
     return StringCommand(
         " && ".join(
@@ -42,7 +45,7 @@ def verified_unpack(archive: str, dest: str, sha256: str, *, entry: str, executa
                 f"echo {shlex.quote(f'{sha256}  {archive}')} | sha256sum -c --quiet -",
                 f"rm -rf {tmp}",
                 f"mkdir -p {tmp}",
-                f"tar -xf {a} -C {tmp} --strip-components=1 --no-same-owner --no-same-permissions",
+                f"tar -xf {a} -C {tmp} --strip-components={int(strip)} --no-same-owner --no-same-permissions",
                 f"test {'-x' if executable else '-f'} {tmp}/{shlex.quote(entry)}",
                 f"chmod -R go-w,ug-s {tmp}",
                 f"echo {shlex.quote(sha256)} > {tmp}/{INSTALLED_MARKER}",

@@ -34,3 +34,24 @@ def requirement(satisfied: bool, problem: str):
         host.noop("requirement met")
         return
     yield FunctionCommand(_fail, (problem,), {})
+
+
+@operation(is_idempotent=True)
+def step_reached():
+    """Nothing on the host: a point every host of the run passes together.
+
+    pyinfra orders operations per host and merges the hosts' orders; hosts whose stages hold
+    different operations (a KBS host, workers) would otherwise drift apart, the KBS host
+    running its kbs stage while workers still run the firmware stage. Called for every host
+    at the same call site before each stage step (``ccfactory.deploys.run_steps``), it makes
+    every host finish one step before any host starts the next, and names the step in the
+    output. No remote command.
+
+    **Example:**
+
+    .. code:: python
+
+        checks.step_reached(name="Step: kbs")
+    """
+    return
+    yield  # a generator, as pyinfra requires; it yields nothing

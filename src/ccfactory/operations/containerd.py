@@ -126,7 +126,10 @@ def _apply(state, host, args, handlers, drop_in, config_version, guest_pull, ove
     now = _probe(host, args)
     if not now.installed:
         return _fail(state, host, "containerd is not installed; the handlers cannot be configured")
-    files = desired(now, handlers, drop_in, config_version, guest_pull, overlays)
+    try:
+        files = desired(now, handlers, drop_in, config_version, guest_pull, overlays)
+    except cc.RootConfigError as exc:
+        return _fail(state, host, f"nothing was changed: {exc}")
     wanted = [h.name for h in handlers]
     unwanted = [h for h in set(now.owned) | set(owned_before) if h not in wanted]
     changed = files.differs_from({cc.MAIN_CONFIG: now.main_config, cc.DROPIN: now.dropin})
@@ -217,7 +220,8 @@ def runtimes_configured(
     + handlers: ``Handler`` per shim (name, runtime_type, runtime_path, ConfigPath, snapshotter)
     + drop_in: own ``/etc/containerd/conf.d/ccfactory-kata.toml`` (containerd >= 2.0), else
       edit the main config (containerd 1.x)
-    + config_version: 3 (containerd 2.x) or 2 (1.x)
+    + config_version: the version of a root config ccfactory writes when the node has none (3 for
+      containerd 2.x, 2 for 1.x); an existing root config's own version decides the drop-in's
     + guest_pull: add the nydus snapshotter for the Kata TEE handlers
     + overlays: site template directories searched before the packaged templates
 
@@ -232,7 +236,11 @@ def runtimes_configured(
     wanted = [h.name for h in handlers]
     owned_before = state.owned
     if state.installed:
-        files = desired(state, handlers, drop_in, config_version, guest_pull, overlays)
+        try:
+            files = desired(state, handlers, drop_in, config_version, guest_pull, overlays)
+        except cc.RootConfigError as exc:
+            yield FunctionCommand(_fail, (f"nothing was changed: {exc}",), {})
+            return
         unwanted = [h for h in owned_before if h not in wanted]
         changed = files.differs_from({cc.MAIN_CONFIG: state.main_config, cc.DROPIN: state.dropin})
         if not changed and not problems_with(state, wanted, unwanted):

@@ -23,7 +23,7 @@ from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from ccfactory.templating import render
-from ccfactory.facts.kata import INSTALL_MARKER, KataInstall, KataState, parse_probe, probe_command
+from ccfactory.facts.kata import KataInstall, KataState, parse_probe, probe_command
 from ccfactory.coco import spec
 from ccfactory.coco.spec import ShimSettings
 
@@ -111,6 +111,7 @@ def render_shim_dropin(settings: ShimSettings, upstream_kernel_params: str, over
         kernel_params=spec.merged_kernel_params(upstream_kernel_params, settings.extra_kernel_params),
         dial_timeout=settings.dial_timeout,
         create_container_timeout=settings.create_container_timeout,
+        force_guest_pull=settings.force_guest_pull,
         ccfactory_source=SOURCE,
     )
 

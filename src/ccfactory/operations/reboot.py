@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
-from ccfactory.facts.node import BootId
+from ccfactory.facts.node import BootId, PendingReboots
 
 logger = logging.getLogger("pyinfra")
 
@@ -189,4 +189,38 @@ def rebooted(
     yield FunctionCommand(wait, (), {})
 
 
-__all__ = ["Escalation", "bmc_escalation", "rebooted", "rolling", "wait_for_new_boot", "host"]
+@operation(is_idempotent=False)
+def pending_applied(
+    timeout: int = 1800,
+    poll_interval: float = 2.0,
+    escalation: Escalation | None = None,
+):
+    """One reboot for every reboot the stages recorded in this boot and deferred; none when
+    there is none (decided when the operation runs, from the markers on the node).
+
+    The site run writes the host and gpu stages' boot configuration first and defers their
+    reboots here, after the firmware stage: a BIOS pass's reset boots that configuration too
+    (its boot id differs from the markers'), so a worker reboots as often as its BIOS passes
+    need, and a node with a compliant BIOS once for host and gpu together.
+
+    + timeout, poll_interval, escalation: as ``rebooted``
+
+    **Example:**
+
+    .. code:: python
+
+        reboot.pending_applied(
+            name="Reboot once for the deferred boot configuration",
+            timeout=cfg.reboot.timeout,
+            **reboot.rolling(cfg.reboot.batch_size),
+        )
+    """
+    pending = host.get_fact(PendingReboots)
+    if not pending:
+        host.noop("no reboot recorded in this boot is still to happen")
+        return
+    reason = "; ".join(f"{p.stage}: {p.reason}" for p in pending)
+    yield from rebooted._inner(reason=reason, timeout=timeout, poll_interval=poll_interval, escalation=escalation)
+
+
+__all__ = ["Escalation", "bmc_escalation", "pending_applied", "rebooted", "rolling", "wait_for_new_boot", "host"]

@@ -15,7 +15,7 @@ Example::
     >>> "nvidia_gpu_tools.py" in files and "cli/__init__.py" in files
     True
     >>> gpu_admin_tools_version()
-    'v2026.02.24o-ccfactory-lab.1'
+    'v2025.10.20o-ccfactory-lab.1'
 """
 
 from __future__ import annotations
