@@ -3,7 +3,7 @@
 For every host with a TEE (``tee`` snp/tdx; others: nothing to do), from its config and
 one read of its facts (``NodeOs``, ``TeeHostStatus``, ``HostBootConfig``):
 
-1. **Kernel**: the running kernel meets the TEE's minimum (``ccfactory/data/kernels.toml``);
+1. **Kernel**: the running kernel meets the TEE's minimum (``roles/host/kernels.toml``);
    otherwise the host fails with the fix (a newer distribution kernel); no kernel is built.
    Lab nodes share the lab machine's kernel, so the check runs on the simulated kernel the
    lab boots and says so.
@@ -47,8 +47,8 @@ from ccfactory.distros import distro_for
 from ccfactory.facts.node import NodeOs
 from ccfactory.facts.tee import TeeHostStatus
 from ccfactory.operations import checks, reboot
-from ccfactory.operations import host as host_ops
-from ccfactory.operations.host import firmware_failures
+from ccfactory.roles.host import operations as host_ops
+from ccfactory.roles.host.operations import firmware_failures
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootConfig
 from ccfactory.roles.host.plan import GPU_CONF, TEE_CONF, OwnedFile, plan_host
 

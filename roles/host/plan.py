@@ -48,8 +48,8 @@ from ccfactory.config import NodeConfig
 from ccfactory.distros import GRUB_DROPIN_NAME as DROPIN_NAME
 from ccfactory.distros import GRUBBY_OWNED_ARGS, Distro, initramfs_step, supported_list
 from ccfactory.facts.node import NodeOsInfo
-from ccfactory.kernels import check_host_kernel
-from ccfactory.operations.host import firmware_failures
+from ccfactory.roles.host.kernels import check_host_kernel
+from ccfactory.roles.host.operations import firmware_failures
 from ccfactory.parsers.kernel import parse_modprobe_d, parse_param_bool
 from ccfactory.parsers.tee import TeeStatus
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootFiles

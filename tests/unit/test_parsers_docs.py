@@ -16,7 +16,7 @@ MODULES = [
     "ccfactory.parsers.gpuhost",
     "ccfactory.parsers.nvidia",
     "ccfactory.parsers.gpuadmin",
-    "ccfactory.kernels",
+    "ccfactory.roles.host.kernels",
 ]
 
 

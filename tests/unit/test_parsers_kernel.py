@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ccfactory.kernels import check_host_kernel, kernel_minimums
+from ccfactory.roles.host.kernels import check_host_kernel, kernel_minimums
 from ccfactory.parsers.checks import failed
 from ccfactory.parsers.kernel import (
     kernel_version,

@@ -17,7 +17,7 @@ from pyinfra.facts.server import TmpDir
 
 from ccfactory.facts.node import NodeOs
 from ccfactory.facts.tee import TeeHostStatus
-from ccfactory.operations import host as host_ops
+from ccfactory.roles.host import operations as host_ops
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootConfig
 from ccfactory.roles.host.plan import DROPIN, GPU_CONF, TEE_CONF
 from support import plan_role_on_fake_host

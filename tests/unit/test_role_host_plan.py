@@ -11,7 +11,7 @@ import pytest
 from ccfactory.config import load_node_config
 from ccfactory.lab.bootconfig import grub_cmdline, parse_modprobe, parse_shell_assignments
 from ccfactory.lab.rootfs import DEFAULT_GRUB
-from ccfactory.operations.host import host_readiness
+from ccfactory.roles.host.operations import host_readiness
 from ccfactory.parsers.gpuhost import gpu_driver_state
 from ccfactory.parsers.kernel import parse_modprobe_d
 from ccfactory.roles.host.facts import LAB_KERNEL_LOG, REBOOT_MARKER, host_boot_files_command, parse_host_boot_files

@@ -1,4 +1,4 @@
-"""Minimum host kernels per TEE and distribution, as data (``ccfactory/data/kernels.toml``).
+"""Minimum host kernels per TEE and distribution, as data (``roles/host/kernels.toml``).
 
 Example::
 
@@ -45,7 +45,7 @@ class KernelMinimum:
 
 @cache
 def _table() -> tuple[tuple[KernelMinimum, ...], dict[str, str]]:
-    raw = tomllib.loads(resources.files("ccfactory.data").joinpath("kernels.toml").read_text())
+    raw = tomllib.loads(resources.files("ccfactory.roles.host").joinpath("kernels.toml").read_text())
     rows = tuple(KernelMinimum(**row) for row in raw["kernel"])
     return rows, dict(raw.get("fix", {}))
 
