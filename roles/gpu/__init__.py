@@ -48,6 +48,7 @@ from ccfactory.facts.gpu_cc import GpuCcModes
 from ccfactory.distros import distro_for, initramfs_step, supported_list
 from ccfactory.facts.node import BootId, BootTools, NodeOs
 from ccfactory.operations import checks, gpu, reboot
+from ccfactory.parsers.reboot_marker import marker_text
 from ccfactory.templating import TemplateOverlayError, site_overlays
 from ccfactory.roles.gpu.plan import (
     REBOOT_MARKER,
@@ -179,7 +180,7 @@ def _vfio_boot_config(cfg, plan, initramfs, boot_id, reboot_now: bool) -> None:
     if plan.needs_reboot:
         files.put(
             name="Record the pending reboot",
-            src=io.StringIO(f"{boot_id}\n{plan.reboot_reason}\n"),
+            src=io.StringIO(marker_text(boot_id, plan.reboot_reason)),
             dest=REBOOT_MARKER,
             mode="0644",
             **SUDO,

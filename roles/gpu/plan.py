@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 from ccfactory.config import GpuConfig
 from ccfactory.parsers.gpuhost import GpuDriverState, NvidiaDevices, inventory_problems
+from ccfactory.parsers.reboot_marker import marker_path, marker_pending
 from ccfactory.templating import render
 
 VFIO_CONF = "/etc/modprobe.d/ccfactory-vfio.conf"
 VFIO_MODULES_CONF = "/etc/modules-load.d/ccfactory-vfio.conf"
-REBOOT_MARKER = "/var/lib/ccfactory/reboot-required/gpu-vfio"
+REBOOT_MARKER = marker_path("gpu-vfio")
 DRIVER_HOLDERS = ("nvidia", "nouveau")
 VFIO_HINT = (
     "Binding needs the IOMMU on (BIOS VT-d/AMD-Vi, and intel_iommu=on on Intel: host stage), vfio-pci "
@@ -126,7 +127,7 @@ def plan_stage(
     conf = render_vfio_conf(ids, nvswitches=cfg.cc_mode == "ppcie", mode=cfg.cc_mode, overlays=overlays)
     changes = not _same_text(vfio_conf_now, conf)
     unbound = tuple(d.bdf for d in vfio if d.driver != "vfio-pci")
-    pending = bool(reboot_marker) and reboot_marker[0].strip() == boot_id and bool(boot_id)
+    pending = marker_pending(reboot_marker, boot_id)
     needs_reboot = bool(unbound) and (changes or pending)
     if needs_reboot:
         why = "VFIO configuration changed" if changes else "VFIO configuration written before an unfinished reboot"

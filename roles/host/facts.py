@@ -26,10 +26,11 @@ from pyinfra.api import FactBase
 
 from ccfactory.distros import GRUBBY_OWNED_ARGS, distros
 from ccfactory.parsers.kernel import MODPROBE_DIRS
+from ccfactory.parsers.reboot_marker import marker_path
 from ccfactory.roles.host.grub import DEFAULT_GRUB, GRUB_D
 from ccfactory.parsers.sections import echo_marker, split_sections
 
-REBOOT_MARKER = "/var/lib/ccfactory/reboot-required/host"
+REBOOT_MARKER = marker_path("host")
 LAB_KERNEL_LOG = "/var/log/ccfactory-lab/dmesg"  # written by `ccfactory lab` only; trusted only for lab hosts
 _LINUX_VERSION = re.compile(r"Linux version (\S+)")
 

@@ -51,6 +51,7 @@ from ccfactory.facts.node import NodeOsInfo
 from ccfactory.roles.host.kernels import check_host_kernel
 from ccfactory.roles.host.operations import firmware_failures
 from ccfactory.parsers.kernel import parse_modprobe_d, parse_param_bool
+from ccfactory.parsers.reboot_marker import marker_pending, marker_text
 from ccfactory.parsers.tee import TeeStatus
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootFiles
 from ccfactory.roles.host.grub import (
@@ -162,7 +163,7 @@ class HostPlan:
         return any(f.changes for f in self.files)
 
     def marker_text(self, boot_id: str) -> str:
-        return f"{boot_id}\n{self.reboot_reason}\n"
+        return marker_text(boot_id, self.reboot_reason)
 
 
 def kernel_findings(cfg: NodeConfig, info: NodeOsInfo, files: HostBootFiles) -> tuple[list[str], list[str]]:
@@ -413,7 +414,7 @@ def plan_host(
 
     diffs = _running_diffs(spec, status)
     firmware = firmware_failures(status, cfg.tee, spec.firmware_checks)
-    pending = bool(files.marker) and bool(info.boot_id) and files.marker[0].strip() == info.boot_id
+    pending = marker_pending(files.marker, info.boot_id)
     stale = files.marker is not None and not pending
     bootloader_command = grubby.command(distro) if grubby is not None else distro.update_bootloader
     grub_changes = owned[0].changes or bool(grubby is not None and bootloader_command)

@@ -17,6 +17,7 @@ MODULES = [
     "ccfactory.parsers.nvidia",
     "ccfactory.parsers.gpuadmin",
     "ccfactory.roles.host.kernels",
+    "ccfactory.parsers.reboot_marker",
 ]
 
 

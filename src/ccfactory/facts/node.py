@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from pyinfra.api import FactBase
 
+from ccfactory.parsers.reboot_marker import REBOOT_MARKER_DIR, marker_pending
+
 
 @dataclass(frozen=True)
 class NodeOsInfo:
@@ -97,9 +99,6 @@ class BootTools(FactBase):
         return BootToolsInfo()
 
 
-# Where stages record a reboot they need (one file per stage: the boot id it was written
-# in, then why). A marker whose boot id is the running one is a reboot still to happen.
-REBOOT_MARKER_DIR = "/var/lib/ccfactory/reboot-required"
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ class PendingReboots(FactBase):
         return tuple(
             PendingReboot(stage=m[0], reason=m[2] if len(m) > 2 else "")
             for m in markers
-            if boot_id and len(m) > 1 and m[1] == boot_id
+            if marker_pending(m[1:], boot_id)
         )
 
     @staticmethod
