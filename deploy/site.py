@@ -6,8 +6,7 @@ launch measurement is learned from the runtime's log of the smoke-check VM; the 
 before any guest): nothing to do on a converged site (docs/reference-values.md).
 """
 
-from ccfactory.deploys import run_stages
-from ccfactory.roles import kbs
+from ccfactory.deploys import register_learned_reference_values, run_stages
 
 run_stages(["preflight", "firmware", "host", "gpu", "kbs", "runtime", "verify"])
-kbs.register_learned()
+register_learned_reference_values()

@@ -327,11 +327,17 @@ _THIS_RUN: dict[str, tuple] = {}
 
 
 @deploy("KBS reference values learned in this run")
-def register_learned() -> None:
+def register_learned(on_registered=None) -> None:
     """After the verify stage: register the SNP launch measurements that this run's smoke checks
     made learnable (pending when the kbs stage ran before any guest had run), through the
     same collection and client call as ``apply``. A no-op on a converged site, and when the
-    kbs stage did not run in this run (``ccfactory.kbs.collect.learned_reference_values``)."""
+    kbs stage did not run in this run (``ccfactory.kbs.collect.learned_reference_values``).
+    ``on_registered(state)`` runs after a registration (the site run refreshes its report).
+
+    Example (``ccfactory.deploys.register_learned_reference_values`` does this)::
+
+        register_learned(on_registered=refresh_reference_values)
+    """
     run = _THIS_RUN.get(host.name)
     if run is None:
         host.noop("the kbs stage did not run on this host in this run")
@@ -344,4 +350,5 @@ def register_learned() -> None:
     collect.learned_reference_values(
         name="KBS reference values from this run's smoke checks", spec=spec, waiting=tuple(waiting),
         recompute=lambda: site_reference_values(settings, attestation_policy, token_ca_cert),
+        on_registered=on_registered,
     )  # fmt: skip

@@ -198,9 +198,23 @@ def site() -> None:
     """Every stage, in order (``pyinfra INVENTORY ccfactory.deploys.site``), then the KBS
     reference values learned from this run's smoke checks (as ``deploy/site.py``)."""
     run_stages(list(STAGES))
+    register_learned_reference_values()
+
+
+def register_learned_reference_values() -> None:
+    """After the verify stage: the KBS reference values this run's smoke checks made learnable
+    are registered (``roles/kbs.register_learned``), then the readiness report of this run is
+    refreshed with them (the verify stage's collector). Wired here, at the entry point, so that
+    neither stage imports the other.
+
+    Example (the last line of ``deploy/site.py``)::
+
+        register_learned_reference_values()
+    """
     from ccfactory.roles.kbs import register_learned
+    from ccfactory.verify.collect import refresh_reference_values
 
-    register_learned()
+    register_learned(on_registered=refresh_reference_values)
 
 
-__all__ = ["run_stages", "site", "host"]
+__all__ = ["register_learned_reference_values", "run_stages", "site", "host"]

@@ -118,7 +118,6 @@ def test_only_a_measurement_this_runs_smoke_check_can_supply_is_waited_for(tmp_p
 
 def test_learned_values_are_registered_through_the_kbs_stages_client_call(tmp_path, monkeypatch):
     from ccfactory.kbs import operations as kbs_ops
-    from ccfactory.verify import collect as verify_collect
 
     calls = []
 
@@ -130,7 +129,6 @@ def test_learned_values_are_registered_through_the_kbs_stages_client_call(tmp_pa
     spec = SimpleNamespace(instance_file="/var/lib/trustee/instance-id", ledger=str(tmp_path / "ledger.json"),
                            client=lambda: Client())  # fmt: skip
     monkeypatch.setattr(kbs_ops, "wait_ready", lambda client: None)
-    monkeypatch.setattr(verify_collect, "refresh_reference_values", lambda state: calls.append("refreshed"))
 
     class KbsHost:
         logs = []
@@ -147,8 +145,8 @@ def test_learned_values_are_registered_through_the_kbs_stages_client_call(tmp_pa
     kbs = KbsHost()
     kbs.instance = True
     values = {"snp_launch_measurement": ["ab" * 48]}
-    assert collect._register_learned(None, kbs, spec, lambda: values) is True
+    assert collect._register_learned(None, kbs, spec, lambda: values, lambda state: calls.append("refreshed")) is True
     assert calls[0][0] == values and calls[1] == "refreshed"
     assert "registered snp_launch_measurement" in kbs.logs[-1]
     kbs.instance = False  # a KBS that lost its state: reported, nothing registered
-    assert collect._register_learned(None, kbs, spec, lambda: values) is False and len(calls) == 2
+    assert collect._register_learned(None, kbs, spec, lambda: values, lambda state: calls.append("refreshed")) is False and len(calls) == 2

@@ -205,15 +205,15 @@ def learnable_pending(summary_path: Path, inventory: Iterable, node_config: Call
     return wanted
 
 
-def _register_learned(state, host, spec, recompute: Callable[[], dict]) -> bool:  # noqa: ARG001 - pyinfra's signature
+def _register_learned(state, host, spec, recompute: Callable[[], dict], on_registered: Callable | None = None) -> bool:
     """Execute time, on the KBS host: collect the values again (the smoke checks have run) and
-    register what RVPS does not hold yet, with the same client call and ledger as the kbs stage."""
+    register what RVPS does not hold yet, with the same client call and ledger as the kbs stage;
+    then ``on_registered(state)`` (the site run refreshes its readiness report with it)."""
     from pyinfra.facts.files import FileContents
 
     from ccfactory.kbs import operations as kbs_ops
     from ccfactory.kbs.client import Ledger
     from ccfactory.kbs.errors import KbsError
-    from ccfactory.verify.collect import refresh_reference_values
 
     values = recompute()
     lines = host.get_fact(FileContents, path=spec.instance_file, _sudo=True)
@@ -229,17 +229,20 @@ def _register_learned(state, host, spec, recompute: Callable[[], dict]) -> bool:
         host.log_styled(f"ccfactory: KBS reference values: {exc}", fg="red")
         return False
     host.log(f"KBS reference values learned in this run: registered {', '.join(done) if done else 'nothing new'}")
-    refresh_reference_values(state)
+    if on_registered is not None:
+        on_registered(state)
     return True
 
 
 @operation(is_idempotent=False)
-def learned_reference_values(spec, recompute: Callable[[], dict], waiting: Sequence[str]):
+def learned_reference_values(spec, recompute: Callable[[], dict], waiting: Sequence[str], on_registered: Callable | None = None):
     """Register, at execute time, the reference values this run's smoke checks made learnable.
 
     + spec: the kbs stage's ``AdminSpec`` (URL, keys, ledger)
     + recompute: collects the site's values again (``roles/kbs.site_reference_values``)
     + waiting: the ``<worker>/<shim>`` measurements expected from this run (for the log)
+    + on_registered: called with pyinfra's state once registered (``ccfactory.deploys`` passes
+      the verify stage's report refresh: this library does not know the verify stage)
     """
     host.log(f"KBS reference values: after the smoke checks, learning {', '.join(waiting)}")
-    yield FunctionCommand(_register_learned, (spec, recompute), {})
+    yield FunctionCommand(_register_learned, (spec, recompute, on_registered), {})
