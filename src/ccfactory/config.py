@@ -824,12 +824,9 @@ def _site_file_problems(host: str, groups: tuple[str, ...], data: HostData, repo
         try:
             kbs_settings(view, data.model_dump())
         except KbsSettingsError as exc:
-            for line in str(exc).splitlines()[1:]:
-                text = line.strip().removeprefix("- ").removeprefix(f"{host}: ")
-                field, _, rest = text.partition(": ")
-                message, _, fix = rest.partition("; fix: ")
-                if field not in reported | {"kbs_url", "kbs_lab_permissive"}:  # _cross_field_problems' own
-                    problems.append(Problem(host, field, message, fix))
+            for found in exc.problems:
+                if found.key not in reported | {"kbs_url", "kbs_lab_permissive"}:  # _cross_field_problems' own
+                    problems.append(Problem(host, found.key, found.message, found.fix))
     if data.bom_site_file:
         from ccfactory.bom import BomError, bom_for
 

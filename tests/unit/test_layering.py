@@ -49,7 +49,6 @@ ENTRY_MODULES = {"ccfactory.kbs.cli": "kbs.cli", "ccfactory.verify.plugin": "ver
 
 # (importer, imported, why it is still there). Shrink only.
 KNOWN = {
-    ("ccfactory.kbs.settings", "ccfactory.config", "second config system (issue 16: two config systems)"),
     # the lab's relaxations are not yet in one module (issue 16 item 1)
     ("ccfactory.config", "ccfactory.lab.proof", "lab gate proven while validating"),
     ("ccfactory.verify.attestation", "ccfactory.lab.standins.cdh", "the smoke check's lab stand-in"),

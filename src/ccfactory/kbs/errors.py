@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 
 class KbsError(RuntimeError):
     """Base class: the KBS stage cannot go on for this host."""
 
 
+class SettingProblem(NamedTuple):
+    """One problem of a KBS host's inventory keys: which host and key, what, and the fix."""
+
+    host: str
+    key: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.key}: {self.message}" + (f"; fix: {self.fix}" if self.fix else "")
+
+
 class KbsSettingsError(KbsError, ValueError):
-    """The inventory's KBS keys are inconsistent (lists every problem)."""
+    """The inventory's KBS keys are inconsistent: ``problems`` lists every one (structured, for
+    ``ccfactory.config``'s report), and the message prints them.
+
+    Example::
+
+        raise KbsSettingsError([SettingProblem("kbs1", "kbs_policy_file", "set together with kbs_lab_permissive", "keep one")])
+    """
+
+    def __init__(self, problems) -> None:
+        if isinstance(problems, str):  # a single problem already worded
+            self.problems: tuple[SettingProblem, ...] = ()
+            super().__init__(problems)
+            return
+        self.problems = tuple(problems)
+        super().__init__("KBS settings are not usable, nothing was touched:\n  - " + "\n  - ".join(map(str, self.problems)))
 
 
 class PkiError(KbsError):

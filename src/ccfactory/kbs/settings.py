@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ccfactory.config import (
+from ccfactory.kbs.errors import KbsSettingsError, SettingProblem
+from ccfactory.kbs.pki import PkiSources
+from ccfactory.validate import (
     RESOURCE_PATH_RE,
     regular_file_problem,
     safe_path_component,
     secret_file_problem,
     url_problem,
 )
-from ccfactory.kbs.errors import KbsSettingsError
-from ccfactory.kbs.pki import PkiSources
 
 # KBS resource path rule: kbs/src/plugins/implementations/resource/backend.rs (ResourceDesc).
 # Always matched with fullmatch: '$' would let a trailing newline through.
@@ -70,6 +70,17 @@ def check_resource_path(path: str) -> str:
     return path
 
 
+class _Problems:
+    """The problems found for one host, each as (key, message, fix): config reports them as
+    its own ``Problem`` rows, and ``KbsSettingsError`` prints them, without parsing text."""
+
+    def __init__(self, host: str) -> None:
+        self.host, self.found = host, []
+
+    def add(self, key: str, message: str, fix: str = "") -> None:
+        self.found.append(SettingProblem(self.host, key, message, fix))
+
+
 @dataclass(frozen=True)
 class KbsSettings:
     host: str
@@ -97,7 +108,7 @@ class KbsSettings:
         return f"0.0.0.0:{self.port}"
 
 
-def _readable_file(value: Any, key: str, host: str, problems: list[str], *, secret: bool = False) -> Path | None:
+def _readable_file(value: Any, key: str, host: str, problems: _Problems, *, secret: bool = False) -> Path | None:
     """The path of an ordinary readable file (``regular_file_problem``: no directory, device,
     FIFO or /proc file); with ``secret``, a private one (``secret_file_problem``: regular, no
     symlink, owned by the controller user, 0600 or stricter)."""
@@ -106,15 +117,15 @@ def _readable_file(value: Any, key: str, host: str, problems: list[str], *, secr
     try:
         path = Path(str(value)).expanduser()
     except RuntimeError:  # ~user that does not exist here
-        problems.append(f"{host}: {key}: {value}: '~' names no user on the controller; fix: fix the path")
+        problems.add(key, f"{value}: '~' names no user on the controller", "fix the path")
         return None
     if not os.path.lexists(path):
-        problems.append(f"{host}: {key}: file {path} does not exist on the controller; fix: fix the path")
+        problems.add(key, f"file {path} does not exist on the controller", "fix the path")
         return None
     bad = secret_file_problem(path) if secret else regular_file_problem(path)
     if bad:
         fix = "a regular file owned by you, chmod 600, not a symlink" if secret else "name an ordinary file"
-        problems.append(f"{host}: {key}: {bad}; fix: {fix}")
+        problems.add(key, f"{bad}", f"{fix}")
         return None
     return path
 
@@ -140,40 +151,35 @@ def load_reference_values_file(path: Path) -> dict[str, Any]:
 def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = ()) -> KbsSettings:
     """Settings of KBS host ``cfg`` (a ``NodeConfig``) from its host data ``data``."""
     host = cfg.name
-    problems: list[str] = []
+    problems = _Problems(host)
     get = data.get
     url = cfg.kbs.url or ""
     bad_url = url_problem(url, https_only=not cfg.lab, path=False) if url else None
     if not url:
-        problems.append(f"{host}: kbs_url: the KBS host needs its own kbs_url (the URL it serves); fix: set it, e.g. https://{host}:8443")
+        problems.add("kbs_url", "the KBS host needs its own kbs_url (the URL it serves)", f"set it, e.g. https://{host}:8443")
     elif bad_url is not None:
         message, secret = bad_url
         shown = "it" if secret else url  # a URL with user information is never printed
         if message == "must use https":
-            problems.append(f"{host}: kbs_url: {url} is not https; plain HTTP is only for the lab; fix: use https://")
+            problems.add("kbs_url", f"{url} is not https; plain HTTP is only for the lab", "use https://")
         else:
-            problems.append(f"{host}: kbs_url: {shown} {message}; fix: use https://host[:port]")
+            problems.add("kbs_url", f"{shown} {message}", "use https://host[:port]")
     parts = urlsplit(url) if url and bad_url is None else None
     scheme = parts.scheme if parts else "https"
     port = (parts.port or (443 if scheme == "https" else 80)) if parts else 443
 
     permissive = bool(get("kbs_lab_permissive", False))
     if permissive and not cfg.lab:
-        problems.append(
-            f"{host}: kbs_lab_permissive: a permissive resource policy releases keys without TEE attestation and is "
-            "refused outside the lab; fix: remove kbs_lab_permissive"
-        )
+        problems.add("kbs_lab_permissive", "a permissive resource policy releases keys without TEE attestation and is refused outside the lab", "remove kbs_lab_permissive")
 
     resources: dict[str, Path] = {}
     raw_resources = get("kbs_resources") or {}
     if not isinstance(raw_resources, Mapping):
-        problems.append(f"{host}: kbs_resources: must map <repo>/<type>/<tag> to a controller-side file")
+        problems.add("kbs_resources", "must map <repo>/<type>/<tag> to a controller-side file")
         raw_resources = {}
     for path, file in raw_resources.items():
         if not isinstance(path, str) or not RESOURCE_PATH.fullmatch(path):
-            problems.append(
-                f"{host}: kbs_resources: {path!r} breaks the KBS path rule <repo>/<type>/<tag>; fix: e.g. models/llama-3/key"
-            )
+            problems.add("kbs_resources", f"{path!r} breaks the KBS path rule <repo>/<type>/<tag>", "e.g. models/llama-3/key")
             continue
         resolved = _readable_file(file, f"kbs_resources[{path}]", host, problems)  # no /proc, devices, FIFOs
         if resolved is not None:
@@ -183,7 +189,7 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
     if gpu_resources is not None:
         bad = [p for p in gpu_resources if not isinstance(p, str) or not RESOURCE_PATH.fullmatch(p)]
         if bad:
-            problems.append(f"{host}: kbs_gpu_resources: {bad} break the KBS path rule <repo>/<type>/<tag>; fix: e.g. models/llama-3/key")
+            problems.add("kbs_gpu_resources", f"{bad} break the KBS path rule <repo>/<type>/<tag>", "e.g. models/llama-3/key")
         gpu_resources = tuple(p for p in gpu_resources if p not in bad)
 
     given: dict[str, Any] = {}
@@ -192,12 +198,12 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
         try:
             given.update(load_reference_values_file(rv_file))
         except KbsSettingsError as exc:
-            problems.append(f"{host}: kbs_reference_values_file: {exc}")
+            problems.add("kbs_reference_values_file", f"{exc}")
     given.update({str(k): v for k, v in (get("kbs_reference_values") or {}).items()})
 
     verifier = get("kbs_nvidia_verifier", "Remote") or "Remote"
     if verifier not in ("Remote", "Local"):
-        problems.append(f"{host}: kbs_nvidia_verifier: {verifier!r}; fix: Remote (NRAS) or Local")
+        problems.add("kbs_nvidia_verifier", f"{verifier!r}", "Remote (NRAS) or Local")
 
     sources = PkiSources(
         ca_cert=cfg.kbs.ca_cert,
@@ -210,11 +216,11 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
         _readable_file(get(key), key, host, problems, secret=True)
     _readable_file(get("kbs_tls_cert_file"), "kbs_tls_cert_file", host, problems)
     if sources.ca_key and not sources.ca_cert:
-        problems.append(f"{host}: kbs_ca_key_file: set without kbs_ca_cert; fix: set kbs_ca_cert to its certificate")
+        problems.add("kbs_ca_key_file", "set without kbs_ca_cert", "set kbs_ca_cert to its certificate")
 
     policy_file = _readable_file(get("kbs_policy_file"), "kbs_policy_file", host, problems)
     if policy_file is not None and permissive:
-        problems.append(f"{host}: kbs_policy_file: set together with kbs_lab_permissive; fix: keep one")
+        problems.add("kbs_policy_file", "set together with kbs_lab_permissive", "keep one")
     attestation_policy = _readable_file(get("kbs_attestation_policy_file"), "kbs_attestation_policy_file", host, problems)
     reference_values = _shaped_reference_values(given, attestation_policy, host, problems)
     tdx_first_use = {}
@@ -224,7 +230,7 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
 
     for other in fleet_urls:
         if other and urlsplit(other).scheme != "https" and not cfg.lab:
-            problems.append(f"{host}: kbs_url: a worker uses {other}; plain HTTP is only for the lab")
+            problems.add("kbs_url", f"a worker uses {other}; plain HTTP is only for the lab")
 
     root = f"{os.environ['CCFACTORY_HOME']}/sites" if os.environ.get("CCFACTORY_HOME") else DEFAULT_PKI_ROOT
     pki_dir = None
@@ -232,9 +238,9 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
         pki_dir = Path(get("kbs_pki_dir") or f"{root}/{_site_name(host)}/pki").expanduser()
     except RuntimeError:  # ~user that does not exist here
         key = "kbs_pki_dir" if get("kbs_pki_dir") else "CCFACTORY_HOME"
-        problems.append(f"{host}: {key}: '~' names no user on the controller; fix: fix the path")
-    if problems:
-        raise KbsSettingsError("KBS settings are not usable, nothing was touched:\n  - " + "\n  - ".join(problems))
+        problems.add(key, "'~' names no user on the controller", "fix the path")
+    if problems.found:
+        raise KbsSettingsError(problems.found)
     return KbsSettings(
         host=host,
         url=url.rstrip("/"),
@@ -254,7 +260,7 @@ def kbs_settings(cfg, data: Mapping[str, Any], *, fleet_urls: tuple[str, ...] = 
     )
 
 
-def _shaped_reference_values(given: Mapping[str, Any], policy_file: Path | None, host: str, problems: list[str]) -> dict[str, Any]:
+def _shaped_reference_values(given: Mapping[str, Any], policy_file: Path | None, host: str, problems: _Problems) -> dict[str, Any]:
     """The operator's values in the shape the attestation policy compares them with: a list for
     names tested with ``in``, one value for names tested with ``==`` (``ccfactory.kbs.refvalues``;
     wrapping every scalar in a list would disable the default policy's strict checks)."""
@@ -265,19 +271,19 @@ def _shaped_reference_values(given: Mapping[str, Any], policy_file: Path | None,
         try:
             shapes = {**refvalues.DEFAULT_GPU_SHAPES, **refvalues.reference_value_shapes(policy_file.read_text())}
         except (OSError, UnicodeDecodeError, refvalues.ReferenceValueError) as exc:
-            problems.append(f"{host}: kbs_attestation_policy_file: {exc}; fix: compare each reference value one way")
+            problems.add("kbs_attestation_policy_file", f"{exc}", "compare each reference value one way")
     out: dict[str, Any] = {}
     for name, value in given.items():
         items = value if isinstance(value, list) else [value]
         if not REFERENCE_VALUE_NAME.fullmatch(name):
-            problems.append(f"{host}: kbs_reference_values: {name!r} is not a reference value name")
+            problems.add("kbs_reference_values", f"{name!r} is not a reference value name")
         elif not items or not all(isinstance(v, (str, int, bool)) for v in items):
-            problems.append(f"{host}: kbs_reference_values: {name}: give a string, integer or boolean, or a non-empty list of them")
+            problems.add("kbs_reference_values", f"{name}: give a string, integer or boolean, or a non-empty list of them")
         else:
             try:
                 out[name] = refvalues.shaped(name, value, shapes)
             except refvalues.ReferenceValueError as exc:
-                problems.append(f"{host}: kbs_reference_values: {exc}")
+                problems.add("kbs_reference_values", f"{exc}")
     return out
 
 
