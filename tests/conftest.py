@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from ccfactory.lab.hooks import install_lab_hooks
 from support import REPO
+
+# The test program is an entry point that runs lab hosts: it installs the lab's hooks as
+# ccfactory.inventory does (tests/unit/test_lab_gate.py proves lab = true is refused without them).
+install_lab_hooks()
 
 
 @pytest.fixture

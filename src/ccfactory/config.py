@@ -535,12 +535,17 @@ VALIDATION_RULES: tuple[tuple[str, str, str], ...] = (
 
 def _lab_problems(host: str, data: HostData, raw: Mapping[str, Any]) -> list[Problem]:
     """A host may use lab stand-ins only if it is a node of a lab running on this controller,
-    proven from live state (``ccfactory.lab.proof``), never from a file anyone can write."""
-    from ccfactory.lab.proof import lab_host_problems
+    proven from live state (the lab's proof, reached through ``ccfactory.labhooks``: config
+    does not import the lab), never from a file anyone can write. No proof installed: refused."""
+    from ccfactory import labhooks
 
+    hooks = labhooks.installed()
+    if hooks is None:
+        return [Problem(host, "lab", "lab is true, but this program cannot prove a lab (the lab's hooks are not installed)",
+                        "run through pyinfra with deploy/*.py, or `ccfactory`, which install them; or remove lab")]  # fmt: skip
     facts = {**data.model_dump(include={"lab_dir", "bmc_address", "bmc_ca_bundle", "kbs_url"}),
              "ssh_hostname": raw.get("ssh_hostname")}  # fmt: skip
-    return [Problem(host, field, message, fix) for field, message, fix in lab_host_problems(host, facts)]
+    return [Problem(host, field, message, fix) for field, message, fix in hooks.prove_host(host, facts)]
 
 
 def _ssh_hostname_problems(host: str, raw: Mapping[str, Any]) -> list[Problem]:

@@ -20,6 +20,11 @@ from pyinfra.api import State
 from pyinfra.api.exceptions import PyinfraError
 
 from ccfactory.config import InventoryError, NodeConfig, Problem, load_fleet
+from ccfactory.lab.hooks import install_lab_hooks
+
+# the lab gate (config) and the lab smoke check reach the lab through these; only entry points
+# import the lab
+install_lab_hooks()
 
 INVENTORY = "(inventory)"  # the "host" of a problem of the inventory as a whole
 

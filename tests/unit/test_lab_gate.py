@@ -318,3 +318,29 @@ def test_the_gate_never_prints_a_secret_in_an_address(tmp_path, live_lab, key):
         load_node_config(NODE1, ("kbs",), data, check_files=False)
     assert "Zq9-GateSecret" not in str(info.value)
     assert any(p.field == key and "user information" in p.message for p in info.value.problems), info.value
+
+
+def test_without_the_labs_hooks_lab_true_is_refused_and_entry_points_install_them(monkeypatch, tmp_path):
+    """Product code reaches the lab only through ``ccfactory.labhooks`` (config never imports the
+    lab): when no entry point installed the lab's hooks, ``lab = true`` gets no relaxation."""
+    import subprocess
+    import sys
+
+    from ccfactory import labhooks
+
+    monkeypatch.setattr(labhooks, "_installed", None)
+    found = _refused(NODE1, {**LAB_HOST, "lab_dir": str(tmp_path)})
+    assert any(p.startswith(f"{NODE1}: lab: lab is true, but this program cannot prove a lab") for p in found), found
+    # in a fresh interpreter: config alone installs nothing; the inventory entry point (which
+    # deploys, the CLI and the verify plugin go through) installs the lab's proof and CDH stand-in
+    probe = (
+        "from ccfactory import labhooks, config\n"
+        "assert labhooks.installed() is None\n"
+        "import ccfactory.inventory\n"
+        "h = labhooks.installed()\n"
+        "assert h is not None and 'ccflab-cdh' in h.cdh_program()\n"
+        "print(h.prove_host.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ccfactory.lab.proof"

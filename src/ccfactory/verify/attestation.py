@@ -533,7 +533,11 @@ def end_to_end(ctx: CheckContext) -> Outcome:
 
 
 def _lab_cdh_program() -> str:
-    """The lab CDH stand-in's source; only ever shipped to lab hosts."""
-    from ccfactory.lab.standins import cdh
+    """The lab CDH stand-in's source; only ever shipped to lab hosts (``lab = true`` passed the
+    lab gate, which needs the same hooks installed)."""
+    from ccfactory import labhooks
 
-    return cdh.program_source()
+    hooks = labhooks.installed()
+    if hooks is None:
+        raise RuntimeError("lab host without the lab's hooks installed (ccfactory.lab.hooks.install_lab_hooks)")
+    return hooks.cdh_program()
