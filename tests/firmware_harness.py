@@ -39,7 +39,7 @@ from ccfactory.lab.bmc.emulator import wsgi_for
 from ccfactory.lab.bmc.pki import ensure_lab_ca, ensure_server_cert
 from ccfactory.lab.bmc.state import StateStore
 from ccfactory.lab.bmc.testing import make_bmc
-from ccfactory.operations import firmware as firmware_ops
+from ccfactory.roles.firmware import operations as firmware_ops
 from ccfactory.operations import reboot
 from support import SimulatedFirmwareHost
 

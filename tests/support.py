@@ -122,8 +122,7 @@ class SimulatedFirmwareHost:
         from ccfactory.facts.node import BootId
         from ccfactory.facts.tee import TeeHostStatus
         from ccfactory.lab.bmc.state import StateStore
-        from ccfactory.operations import firmware as firmware_ops
-
+        from ccfactory.roles.firmware import operations as firmware_ops
         if cls is FileContents:
             return list(self.marker) if kwargs.get("path") == firmware_ops.MARKER and self.marker else None
         if cls is BootId:
@@ -137,8 +136,7 @@ class SimulatedFirmwareHost:
 
         from pyinfra.connectors.util import CommandOutput
 
-        from ccfactory.operations import firmware as firmware_ops
-
+        from ccfactory.roles.firmware import operations as firmware_ops
         text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
         self.shell_log.append(text)
         if firmware_ops.MARKER in text:

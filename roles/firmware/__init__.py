@@ -5,7 +5,7 @@ For every host with a TEE (``snp``/``tdx``) and a BMC (``bmc_*``), on the contro
 1. The vendor's BIOS profile (``ccfactory/data/bios/<vendor>.toml``, OEM directories in
    ``bios_profile_dirs`` first, ``bios_overrides`` on top) says which logical settings, in
    which stages; names and values are resolved against the BMC's attribute registry.
-2. One operation per possible pass (``ccfactory.operations.firmware.bios_stage``): read the
+2. One operation per possible pass (``ccfactory.roles.firmware.operations.bios_stage``): read the
    BMC, PATCH only the first stage not applied, reset through the BMC with the shared
    reboot mechanism (rolling: at most ``reboot_batch_size`` hosts at once; wait for the BMC,
    then for a new boot id over SSH, ``reboot_timeout`` each; a node still answering on its
@@ -34,8 +34,7 @@ from pyinfra.api import deploy
 from ccfactory.config import node_config
 from ccfactory.firmware import FirmwareError, bios_profile_for
 from ccfactory.operations import checks, reboot
-from ccfactory.operations import firmware as firmware_ops
-
+from ccfactory.roles.firmware import operations as firmware_ops
 SUDO = {"_sudo": True}  # the kernel log, the marker under /var/lib and the boot id wait
 
 logger = logging.getLogger("pyinfra")

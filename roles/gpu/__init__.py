@@ -47,7 +47,8 @@ from ccfactory.facts.gpu import GpuDrivers, NvidiaGpus
 from ccfactory.facts.gpu_cc import GpuCcModes
 from ccfactory.distros import distro_for, initramfs_step, supported_list
 from ccfactory.facts.node import BootId, BootTools, NodeOs
-from ccfactory.operations import checks, gpu, reboot
+from ccfactory.operations import checks, reboot
+from ccfactory.roles.gpu import operations as gpu
 from ccfactory.parsers.reboot_marker import marker_text
 from ccfactory.templating import TemplateOverlayError, site_overlays
 from ccfactory.roles.gpu.plan import (

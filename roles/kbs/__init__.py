@@ -50,9 +50,10 @@ from pyinfra.operations.util import any_changed
 
 from ccfactory.bom.fetch import artifact_for_host
 from ccfactory.config import InventoryError, node_config
-from ccfactory.kbs import collect, refvalues, tdx_pin
-from ccfactory.kbs import operations as kbs_ops
-from ccfactory.kbs import render
+from ccfactory.kbs import refvalues
+from ccfactory.roles.kbs import collect, tdx_pin
+from ccfactory.roles.kbs import operations as kbs_ops
+from ccfactory.roles.kbs import render
 from ccfactory.kbs.errors import KbsError
 from ccfactory.kbs.pki import ensure_pki
 from ccfactory.kbs.policy import CPU_TEES, PolicySpec, render_resource_policy
@@ -162,7 +163,7 @@ def check_policies(settings: KbsSettings, policy_text: str, attestation_policy: 
 def site_reference_values(settings: KbsSettings, attestation_policy: str | None, token_ca_cert) -> dict:
     """What RVPS must hold: values computed from what ccfactory installed, read from each SNP
     worker, from the site's guest policy, and the operator's ``kbs_reference_values`` on top
-    (``ccfactory.kbs.collect``). Each value, its origin and every pending one are logged (the
+    (``ccfactory.roles.kbs.collect``). Each value, its origin and every pending one are logged (the
     dry-run shows them); a pending value is never guessed."""
     shapes = dict(refvalues.DEFAULT_GPU_SHAPES)
     shapes.update(refvalues.reference_value_shapes(attestation_policy) if attestation_policy
@@ -331,7 +332,7 @@ def register_learned(on_registered=None) -> None:
     """After the verify stage: register the SNP launch measurements that this run's smoke checks
     made learnable (pending when the kbs stage ran before any guest had run), through the
     same collection and client call as ``apply``. A no-op on a converged site, and when the
-    kbs stage did not run in this run (``ccfactory.kbs.collect.learned_reference_values``).
+    kbs stage did not run in this run (``ccfactory.roles.kbs.collect.learned_reference_values``).
     ``on_registered(state)`` runs after a registration (the site run refreshes its report).
 
     Example (``ccfactory.deploys.register_learned_reference_values`` does this)::

@@ -18,11 +18,11 @@ For workers with a TEE (others: nothing to do), from the config and one read of 
    one, the release's ``containerd_archive`` version (``distros.toml``) stands in, and the
    install operation refreshes the index first (apt ``update=True``; dnf refreshes expired
    metadata itself); with no such version the stage fails naming ``refresh_index``.
-4. **Kata**: ``/opt/kata`` from the tarball (``operations/kata.py``: refuses to replace a Kata
+4. **Kata**: ``/opt/kata`` from the tarball (``roles/runtime/kata.py``: refuses to replace a Kata
    with running sandboxes unless ``drain``); ``/usr/local/bin/containerd-shim-kata-<shim>-v2``
    links (containerd 1.6 ignores ``runtime_path``); per-shim copies with
    ``config.d/50-ccfactory.toml`` drop-ins.
-5. **containerd handlers** through ``operations/containerd.py`` (validate with the node's
+5. **containerd handlers** through ``roles/runtime/containerd.py`` (validate with the node's
    containerd, keep the previous file, restart, health-check, roll back).
 6. **Initdata** for the site's KBS (``ccfactory.coco.initdata``) in ``/etc/ccfactory/coco/``
    and in the controller-side report.
@@ -64,10 +64,11 @@ from ccfactory.facts.containerd import ContainerdRuntimes
 from ccfactory.facts.gpu import NvidiaGpus
 from ccfactory.facts.kata import KataInstall
 from ccfactory.operations import checks
-from ccfactory.operations import containerd as containerd_ops
-from ccfactory.operations import kata as kata_ops
+from ccfactory.roles.runtime import containerd as containerd_ops
+from ccfactory.roles.runtime import kata as kata_ops
 from ccfactory.templating import check_overlays, render
-from ccfactory.coco import k8s, spec
+from ccfactory.coco import spec
+from ccfactory.roles.runtime import k8s
 from ccfactory.coco import containerd_config as containerd_cc
 from ccfactory.coco.containerd_config import Handler
 

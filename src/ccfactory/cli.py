@@ -112,8 +112,7 @@ def cmd_firmware_plan(args: argparse.Namespace) -> int:
     from ccfactory.clients.redfish import RedfishError
     from ccfactory.firmware import FirmwareError, render_plan
     from ccfactory.firmware.driver import FirmwareDriver, reading_client
-    from ccfactory.operations import firmware as firmware_ops
-
+    from ccfactory.roles.firmware import operations as firmware_ops
     fleet = _validated_fleet(args.inventory, args.limit)
     if fleet is None:
         return 2

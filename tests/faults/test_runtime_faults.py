@@ -17,7 +17,7 @@ from ccfactory.bom.fetch import ChecksumMismatch, cache_path, fetch_artifact
 from ccfactory.coco import spec
 from ccfactory.coco.containerd_config import Handler
 from ccfactory.config import ArtifactSource
-from ccfactory.operations import containerd as ops
+from ccfactory.roles.runtime import containerd as ops
 from ccfactory.parsers.sections import MARKER
 
 HANDLERS = [Handler.for_shim("qemu-snp")]

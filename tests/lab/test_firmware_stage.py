@@ -32,7 +32,7 @@ from ccfactory.lab.bmc.pki import ensure_lab_ca
 from ccfactory.lab.bmc.state import StateStore
 from ccfactory.lab.bmc.state import reset as reset_bios
 from ccfactory.lab.power import power
-from ccfactory.operations.firmware import MARKER
+from ccfactory.roles.firmware.operations import MARKER
 from support import EXPECTED_PASSES  # = reboots per vendor and TEE
 
 pytestmark = pytest.mark.lab

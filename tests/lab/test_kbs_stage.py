@@ -204,8 +204,7 @@ def test_a_logged_snp_launch_is_measured_and_registered(site):
     (sev-snp-measure's own AmdSev data), kernel and that command line with sev-snp-measure, and
     registers the digest as a computed value; a re-run changes nothing."""
     from ccfactory.coco import spec
-    from ccfactory.kbs import snp_measure
-
+    from ccfactory.roles.kbs import snp_measure
     lab, deploy, inventory, url, home, _ = site
     both = deploy.with_name("kbs_runtime.py")
     both.write_text(KBS_RUNTIME_DEPLOY)

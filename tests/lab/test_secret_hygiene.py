@@ -40,7 +40,7 @@ from site_lab import site_lab
 
 pytestmark = pytest.mark.lab
 
-# what the KBS stand-in stores resources in (ccfactory.kbs.render.STORAGE_DIR)
+# what the KBS stand-in stores resources in (ccfactory.roles.kbs.render.STORAGE_DIR)
 KBS_STORAGE = "var/lib/trustee/storage"
 # not searched in the lab directory: the nodes' base images, the apt proxy's cache of Debian
 # packages, and nodes/ (each node's disk and logs are searched by the node tests and below)

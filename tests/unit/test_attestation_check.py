@@ -259,7 +259,7 @@ def test_the_smoke_check_never_changes_what_is_measured(tmp_path, lab, gpu_node)
     """The only Kata annotation the smoke container passes is the node's initdata (measured, bound
     into the evidence); no kernel_params (SNP measures the command line: qemu.go:443), firmware,
     vCPUs or memory. The shim's kernel_params stay exactly upstream's."""
-    from ccfactory.operations.kata import render_shim_dropin
+    from ccfactory.roles.runtime.kata import render_shim_dropin
 
     node = Node(exit_code=LAB_EXIT if lab else 0)
     check(context(tmp_path, node, lab=lab, gpu_node=gpu_node))

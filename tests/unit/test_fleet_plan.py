@@ -55,8 +55,7 @@ def _fleet(harness, count: int) -> None:
 
 def _counting_factory(monkeypatch, *, delay: float = 0.0, fail: dict | None = None):
     """Wrap the harness's client factory: count BMCs read at once, fail some hosts."""
-    from ccfactory.operations import firmware as firmware_ops
-
+    from ccfactory.roles.firmware import operations as firmware_ops
     inner = firmware_ops.CLIENT_FACTORY
     seen = {"now": 0, "max": 0, "clients": 0}
     lock = threading.Lock()

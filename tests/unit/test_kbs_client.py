@@ -20,7 +20,7 @@ from ccfactory.kbs.errors import (
     ResourceFileError,
     ResourcePathError,
 )
-from ccfactory.kbs.operations import AdminSpec, apply_admin_state, check_health, plan_admin_state
+from ccfactory.roles.kbs.operations import AdminSpec, apply_admin_state, check_health, plan_admin_state
 from ccfactory.kbs.pki import ensure_pki
 from ccfactory.kbs.policy import PolicySpec, render_resource_policy
 

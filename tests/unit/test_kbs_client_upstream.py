@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ccfactory.kbs.client import KbsClient, Ledger
 from ccfactory.kbs.errors import AdminAuthError, HealthCheckFailed, KbsError, KbsHttpError, KbsUnreachable, PolicyDenied
-from ccfactory.kbs.operations import AdminSpec, apply_admin_state, plan_admin_state, wait_ready
+from ccfactory.roles.kbs.operations import AdminSpec, apply_admin_state, plan_admin_state, wait_ready
 from ccfactory.kbs.policy import PolicySpec, render_resource_policy
 from ccfactory.kbs.rego import UnsafePolicy
 

@@ -1,4 +1,4 @@
-"""ccfactory.kbs.collect: the kbs stage gathers each SNP worker's facts and turns them into RVPS values."""
+"""ccfactory.roles.kbs.collect: the kbs stage gathers each SNP worker's facts and turns them into RVPS values."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from test_kbs_snp_measure import APPEND, SNP_CONFIG, journal_line  # noqa: E402
 from pyinfra.facts.files import FileContents, FindFiles  # noqa: E402
 from pyinfra.facts.server import Command  # noqa: E402
 
-from ccfactory.kbs import collect, refvalues as rv, site_values as sv  # noqa: E402
+from ccfactory.kbs import refvalues as rv  # noqa: E402
+from ccfactory.roles.kbs import collect, site_values as sv  # noqa: E402
 
 MAIN = "/opt/kata/share/defaults/kata-containers/runtimes/qemu-snp/configuration-qemu-snp.toml"
 
@@ -117,8 +118,7 @@ def test_only_a_measurement_this_runs_smoke_check_can_supply_is_waited_for(tmp_p
 
 
 def test_learned_values_are_registered_through_the_kbs_stages_client_call(tmp_path, monkeypatch):
-    from ccfactory.kbs import operations as kbs_ops
-
+    from ccfactory.roles.kbs import operations as kbs_ops
     calls = []
 
     class Client:

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from ccfactory.kbs.render import CONFIG_FILE, KEYS_DIR, STORAGE_DIR, render_kbs_config, render_unit
+from ccfactory.roles.kbs.render import CONFIG_FILE, KEYS_DIR, STORAGE_DIR, render_kbs_config, render_unit
 from ccfactory.kbs.schema import ConfigError, known_keys, validate_kbs_config
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trustee_claims  # noqa: E402
 
 from ccfactory.kbs import refvalues as rv  # noqa: E402
-from ccfactory.kbs import snp_measure as sm  # noqa: E402
+from ccfactory.roles.kbs import snp_measure as sm  # noqa: E402
 
 POLICY = (trustee_claims.FIXTURES / "ear_default_policy_cpu.rego").read_text()
 GPU_POLICY = (trustee_claims.FIXTURES / "ear_default_policy_gpu.rego").read_text()

@@ -65,7 +65,7 @@ def run_role(tmp_path, monkeypatch, *, lab: bool, groups=("kbs",), url=None, ext
     from pyinfra.facts.server import Date, Groups, Os, Users, Which
     from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-    from ccfactory.facts.podman import PodmanImage
+    from ccfactory.roles.kbs.facts import PodmanImage
     from ccfactory.roles import kbs
 
     from pyinfra.facts.server import Home

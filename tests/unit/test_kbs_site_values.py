@@ -19,8 +19,8 @@ from test_kbs_snp_host import REPORTED_TCB, status_answer  # noqa: E402
 from test_kbs_snp_measure import APPEND, OVMF, SNP_CONFIG, journal_line  # noqa: E402
 
 from ccfactory.kbs import refvalues as rv  # noqa: E402
-from ccfactory.kbs import site_values as sv  # noqa: E402
-from ccfactory.kbs import snp_measure as sm  # noqa: E402
+from ccfactory.roles.kbs import site_values as sv  # noqa: E402
+from ccfactory.roles.kbs import snp_measure as sm  # noqa: E402
 
 POLICY = (trustee_claims.FIXTURES / "ear_default_policy_cpu.rego").read_text()
 KERNEL = b"a guest kernel, bytes as kata-static ships them"

@@ -1,4 +1,4 @@
-"""SNP platform values from the host's SEV firmware interface (ccfactory.kbs.snp_host)."""
+"""SNP platform values from the host's SEV firmware interface (ccfactory.roles.kbs.snp_host)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trustee_claims  # noqa: E402
 
 from ccfactory.kbs import refvalues as rv  # noqa: E402
-from ccfactory.kbs import snp_host  # noqa: E402
+from ccfactory.roles.kbs import snp_host  # noqa: E402
 
 REPORT = (trustee_claims.FIXTURES / "test-report.bin").read_bytes()
 REPORTED_TCB = REPORT[0x180:0x188]  # a real Milan/Genoa-layout TCB_VERSION

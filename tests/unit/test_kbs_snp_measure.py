@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ccfactory.kbs import snp_measure as sm
-
+from ccfactory.roles.kbs import snp_measure as sm
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "sev-snp-measure"
 OVMF = str(FIXTURES / "ovmf_AmdSev_suffix.bin")

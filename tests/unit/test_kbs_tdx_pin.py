@@ -1,4 +1,4 @@
-"""TDX values pinned on first use from an approved EAR token (ccfactory.kbs.tdx_pin)."""
+"""TDX values pinned on first use from an approved EAR token (ccfactory.roles.kbs.tdx_pin)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trustee_claims  # noqa: E402
 
 from ccfactory.kbs import refvalues as rv  # noqa: E402
-from ccfactory.kbs import tdx_pin  # noqa: E402
+from ccfactory.roles.kbs import tdx_pin  # noqa: E402
 from ccfactory.kbs.jose import jwt_sign  # noqa: E402
 
 POLICY = (trustee_claims.FIXTURES / "ear_default_policy_cpu.rego").read_text()

@@ -41,7 +41,7 @@ LAYER_OF_TOP = {
     "cli": ENTRY, "deploys": ENTRY, "inventory": ENTRY, "docs": ENTRY, "lab": ENTRY,
     "roles": ROLES, "verify": ROLES,
     "config": CONFIG,
-    "operations": OPS, "facts": OPS, "kbs": OPS, "coco": OPS, "firmware": OPS, "bom": OPS, "clients": OPS,
+    "operations": OPS, "facts": OPS, "kbs": OPS, "coco": OPS, "firmware": OPS, "gpuadmin": OPS, "bom": OPS, "clients": OPS,
     "parsers": BELOW, "validate": BELOW, "model": BELOW, "labhooks": BELOW, "templating": BELOW, "distros": BELOW, "gpus": BELOW, "data": BELOW,
     "templates": BELOW, "": BELOW,
 }  # fmt: skip

@@ -14,9 +14,7 @@ import time
 from test_standin_trustee_helpers import start_kbs
 
 from ccfactory.config import load_node_config
-from ccfactory.kbs import collect
-
-
+from ccfactory.roles.kbs import collect
 def test_the_client_reuses_its_connection_and_survives_a_closed_one(tmp_path):
     kbs = start_kbs(tmp_path)
     try:

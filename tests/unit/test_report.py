@@ -58,8 +58,8 @@ def test_unknown_status_rejected():
 
 
 def _summary():
-    """A kbs-stage summary as ccfactory.kbs.collect.write_summary writes it."""
-    from ccfactory.kbs import collect as kbs_collect
+    """A kbs-stage summary as ccfactory.roles.kbs.collect.write_summary writes it."""
+    from ccfactory.roles.kbs import collect as kbs_collect
     from ccfactory.kbs import refvalues as rv
 
     digest = "ab" * 48

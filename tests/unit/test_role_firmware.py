@@ -10,8 +10,8 @@ from support import EXPECTED_PASSES
 
 from ccfactory.firmware import bios_profile_for
 from ccfactory.firmware.driver import FirmwareDriver
-from ccfactory.operations import firmware as firmware_ops
-from ccfactory.operations.firmware import passes_needed
+from ccfactory.roles.firmware import operations as firmware_ops
+from ccfactory.roles.firmware.operations import passes_needed
 
 TEE_NAME = {"snp": "AMD SEV-SNP", "tdx": "Intel TDX"}
 
@@ -207,7 +207,7 @@ def test_runs_are_kept_per_host_not_per_pyinfra_context_proxy():
     from pyinfra.context import ctx_host
 
     from ccfactory.config import load_node_config
-    from ccfactory.operations.firmware import firmware_run
+    from ccfactory.roles.firmware.operations import firmware_run
 
     class FakeHost:
         def __init__(self, name):

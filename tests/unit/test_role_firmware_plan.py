@@ -9,7 +9,7 @@ import pytest
 from ccfactory.clients.redfish import BiosSnapshot
 from ccfactory.firmware import PlanError, bios_profile_for, plan_firmware, render_plan, resolve_settings
 from ccfactory.firmware.driver import RunReport
-from ccfactory.operations.firmware import judge_tee, passes_needed
+from ccfactory.roles.firmware.operations import judge_tee, passes_needed
 from ccfactory.parsers.tee import parse_tee_sections
 from test_firmware_plan import HPE_BIOS, HPE_REGISTRY, HPE_STAGE1, greyed_until_sgx
 

@@ -11,8 +11,8 @@ from ccfactory.facts.gpu import GpuDrivers, NvidiaGpus
 from ccfactory.facts.gpu_cc import GpuCcModes, GpuModes
 from ccfactory.facts.node import BootId, BootTools, BootToolsInfo, NodeOs, NodeOsInfo
 from ccfactory.lab import artifacts
-from ccfactory.operations import gpu as gpu_ops
-from ccfactory.operations.gpu import plan_modes
+from ccfactory.roles.gpu import operations as gpu_ops
+from ccfactory.roles.gpu.operations import plan_modes
 from ccfactory.parsers.gpuhost import GpuDriverState, gpu_driver_state, nvidia_devices_from_lines
 from ccfactory.roles.gpu.plan import VFIO_CONF, plan_stage, render_vfio_conf
 from support import plan_role_on_fake_host

@@ -8,7 +8,7 @@ import subprocess
 from ccfactory.facts.containerd import parse_probe as parse_containerd
 from ccfactory.facts.kata import parse_probe as parse_kata
 from ccfactory.facts.kata import parse_version_output, probe_command
-from ccfactory.operations import containerd as ops
+from ccfactory.roles.runtime import containerd as ops
 from ccfactory.parsers.sections import MARKER
 
 DUMP = """\

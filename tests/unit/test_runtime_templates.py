@@ -7,9 +7,10 @@ import tomllib
 
 import pytest
 
-from ccfactory.operations.kata import render_shim_dropin
+from ccfactory.roles.runtime.kata import render_shim_dropin
 from ccfactory.coco import containerd_config as cc
-from ccfactory.coco import k8s, spec
+from ccfactory.coco import spec
+from ccfactory.roles.runtime import k8s
 from ccfactory.coco.containerd_config import Handler
 
 HANDLERS = [Handler.for_shim("qemu-snp"), Handler.for_shim("qemu-nvidia-gpu-snp")]

@@ -73,7 +73,7 @@ def test_set_and_reset_switches_and_reports(node):
 
 def test_the_tool_does_not_check_the_driver_on_hopper(node):
     # nvidia_gpu_tools.py:4361-4364 (v2025.10.20): "if self.is_hopper_plus: # TODO, for now assume
-    # no driver." The guard is ccfactory's own sysfs check (operations.gpu.driver_holders).
+    # no driver." The guard is ccfactory's own sysfs check (roles/gpu/operations.py driver_holders).
     node.bind("0000:2a:00.0", "nvidia")
     r = node.run("--devices", "gpus", "--set-cc-mode", "on", "--reset-after-cc-mode-switch")
     assert r.returncode == 0, r.stderr

@@ -4,7 +4,7 @@ The stand-in logs, when a sandbox starts, the line Kata 4.1.0's Go runtime logs 
 starts QEMU (``logger.Infof("launching %s with: %v", path, params)``,
 kata-containers@4.1.0:src/runtime/pkg/govmm/qemu/qemu.go:3591), through its syslog hook
 (logrus TextFormatter, tag ``kata``: src/runtime/pkg/katautils/logger.go:24,66-77). The kbs
-stage's collector (``ccfactory.kbs.snp_measure``) must read that line and measure the
+stage's collector (``ccfactory.roles.kbs.snp_measure``) must read that line and measure the
 stand-in's firmware through the same code path as on a real site.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ccfactory.kbs import site_values as sv
-from ccfactory.kbs import snp_measure as sm
+from ccfactory.roles.kbs import site_values as sv
+from ccfactory.roles.kbs import snp_measure as sm
 from ccfactory.lab import artifacts
 from ccfactory.lab.standins import kata_static
 

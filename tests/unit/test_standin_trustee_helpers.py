@@ -3,7 +3,7 @@
 The stand-in is laid out from the same files as its tarball (``regorus`` included, under
 ``lib/regorus``) and started as ``python3 bin/kbs --config-file FILE`` with Debian 12's
 ``/usr/bin/python3`` when it has ``cryptography`` (what a lab node runs), else this
-interpreter. Its config is the one the KBS role renders (``ccfactory.kbs.render``), with the
+interpreter. Its config is the one the KBS role renders (``ccfactory.roles.kbs.render``), with the
 key and storage directories moved into a temporary directory; its keys come from
 ``ccfactory.kbs.pki``. Used by the tests of ccfactory's KBS client, role and CDH stand-in;
 the upstream contract tests (``test_standin_trustee_contract.py``) have their own harness
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ccfactory.kbs.client import KbsClient
 from ccfactory.kbs.pki import KbsPki, ensure_pki
-from ccfactory.kbs.render import render_kbs_config
+from ccfactory.roles.kbs.render import render_kbs_config
 from ccfactory.lab.standins.trustee import install_tree
 
 

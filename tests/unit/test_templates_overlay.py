@@ -71,19 +71,19 @@ def _containerd_dropin(overlays):
 
 def _kata_dropin(overlays):
     from ccfactory.coco import spec
-    from ccfactory.operations.kata import render_shim_dropin
+    from ccfactory.roles.runtime.kata import render_shim_dropin
 
     return render_shim_dropin(spec.shim_settings("qemu-snp", spec.KataDefaults()), "console=hvc0", overlays)
 
 
 def _kbs_config(overlays):
-    from ccfactory.kbs.render import render_kbs_config
+    from ccfactory.roles.kbs.render import render_kbs_config
 
     return render_kbs_config(socket="0.0.0.0:8080", insecure_http=False, nvidia_verifier=None, overlays=overlays)
 
 
 def _kbs_unit(overlays):
-    from ccfactory.kbs.render import render_unit
+    from ccfactory.roles.kbs.render import render_unit
 
     return render_unit(port=8080, flavour="trustee", image=IMAGE, overlays=overlays)
 

@@ -51,7 +51,7 @@ def test_site_name_is_the_inventory_group():
 def test_report_carries_the_kbs_stages_reference_values_and_is_refreshed(tmp_path, monkeypatch):
     """record_node puts the kbs stage's reference-values.json in the report; after the site's
     final registration step rewrote it, refresh_reference_values updates the same report."""
-    from ccfactory.kbs import collect as kbs_collect
+    from ccfactory.roles.kbs import collect as kbs_collect
     from ccfactory.kbs import refvalues as rv
 
     monkeypatch.setenv("CCFACTORY_REPORT_DIR", str(tmp_path))

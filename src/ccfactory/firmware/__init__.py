@@ -1,7 +1,7 @@
 """Firmware stage, controller side: BIOS profiles as data, name resolution against the
 BMC's attribute registry, the staged plan (one stage, one PATCH, one reboot), and the
 driver that applies and verifies one stage on one BMC (``ccfactory.firmware.driver``;
-the pyinfra side is ``ccfactory.operations.firmware`` and the role ``ccfactory.roles.firmware``).
+the pyinfra side is ``ccfactory.roles.firmware.operations`` and the role ``ccfactory.roles.firmware``).
 
 Example::
 

@@ -1,7 +1,7 @@
 """The controller-side half of one BIOS stage on one host: plan, PATCH, reset, verify.
 
 pyinfra-free, so it is tested against the lab's BMC emulator without SSH. The firmware
-role (``ccfactory.operations.firmware``) calls it between the SSH steps of the shared
+role (``ccfactory.roles.firmware.operations``) calls it between the SSH steps of the shared
 reboot mechanism::
 
     driver = FirmwareDriver(cfg.bmc, cfg.tee, host="gpu-01")

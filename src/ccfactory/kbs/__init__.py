@@ -1,16 +1,15 @@
-"""The Key Broker Service stage's controller side: Trustee v0.21.0 keys, config, policies, admin client.
+"""The Key Broker Service's controller-side library: Trustee v0.21.0 keys, policies, admin client.
 
-Everything secret stays on the controller (``ccfactory.kbs.pki``: site CA, KBS HTTPS
-certificate, the admin Ed25519 key, the attestation-token signer); nodes get public keys,
-certificates and the service's own keys. ``ccfactory.kbs.client`` talks to a KBS over
-HTTPS (site CA verified): admin API with short-lived EdDSA bearer tokens, and the KBS
-attestation protocol for the negative health check (``sample`` evidence must be denied by
-the resource policy). ``ccfactory.kbs.policy`` renders the resource policy;
-``ccfactory.kbs.settings`` reads the stage's inventory keys; ``ccfactory.kbs.render`` the
-config files. What was confirmed from Trustee's source, and where: docs/trustee.md.
-
-Modules ``jose``, ``policy`` and ``schema`` use only the standard library and
-``cryptography``: the lab's Trustee stand-in ships copies of them.
+What more than the kbs stage needs lives here (config validates the stage's keys with
+``ccfactory.kbs.settings``; the verify stage's checks use the client, the settings and the
+policy): ``ccfactory.kbs.pki`` (site CA, KBS HTTPS certificate, the admin Ed25519 key, the
+attestation-token signer; everything secret stays on the controller), ``ccfactory.kbs.client``
+(admin API with short-lived EdDSA bearer tokens over HTTPS with the site CA verified, and the
+KBS attestation protocol for the negative health check: ``sample`` evidence must be denied),
+``ccfactory.kbs.policy`` (the resource policy), ``ccfactory.kbs.refvalues`` and ``rego``.
+What only the kbs stage does is in its role package, ``roles/kbs`` (operations, config
+rendering, reference-value collection). What was confirmed from Trustee's source, and where:
+docs/trustee.md.
 """
 
 from ccfactory.kbs.schema import TRUSTEE_RELEASE

@@ -150,7 +150,7 @@ def gpu_vfio_bound(ctx: CheckContext) -> Outcome:
 def gpu_cc_mode(ctx: CheckContext) -> Outcome:
     """Every GPU is in the inventory's CC mode (PPCIe on devices too for ppcie)."""
     from ccfactory.bom import bom_for
-    from ccfactory.operations.gpu import mode_mismatches, plan_modes, tool_path
+    from ccfactory.gpuadmin import mode_mismatches, plan_modes, tool_path
 
     try:
         version = bom_for(ctx.cfg.lab, ctx.cfg.lab_dir).artifact("gpu-admin-tools").version

@@ -80,7 +80,7 @@ class PendingValue(BaseModel):
     reason: str
 
 
-# ccfactory.kbs.site_values.snp_worker_values: pending lines that name a source, not a value
+# ccfactory.roles.kbs.site_values.snp_worker_values: pending lines that name a source, not a value
 _PENDING_GROUPS = {
     "reported TCB": "snp_bootloader, snp_microcode, snp_snp_svn, snp_tee_svn",
     "configuration values": "snp_smt_enabled, snp_guest_abi_major, snp_guest_abi_minor, snp_smt_allowed, snp_single_socket",
@@ -97,7 +97,7 @@ class ReferenceValues(BaseModel):
 
     @classmethod
     def from_summary(cls, summary: dict) -> ReferenceValues:
-        """From ``ccfactory.kbs.collect.summary``: rows ``{name, scope, origin, value, source}`` and
+        """From ``ccfactory.roles.kbs.collect.summary``: rows ``{name, scope, origin, value, source}`` and
         pending lines ``"<scope>: <name>: <reason>"``."""
         values = [ReferenceValue(name=r["name"], scope=r["scope"], origin=r["origin"], source=r.get("source") or "",
                                  value=_scalar(r["value"])) for r in summary.get("references", [])]  # fmt: skip
@@ -105,7 +105,7 @@ class ReferenceValues(BaseModel):
         for line in summary.get("pending", []):
             scope, _, rest = str(line).partition(": ")
             name, _, reason = rest.partition(": ")
-            if name in _PENDING_GROUPS:  # ccfactory.kbs.site_values names some values by their source
+            if name in _PENDING_GROUPS:  # ccfactory.roles.kbs.site_values names some values by their source
                 name = _PENDING_GROUPS[name]
             elif not reason or " " in name:  # "<scope>: <reason>" without a value name
                 name, reason = "", rest

@@ -36,7 +36,7 @@ from ccfactory.kbs.client import ATTESTATION_POLICY_IDS, KbsClient, Ledger
 from ccfactory.kbs.errors import HealthCheckFailed, KbsError, KbsUnreachable
 from ccfactory.kbs.rego import RegoError, refuse_unsafe_policy
 from ccfactory.kbs.pki import load_cert
-from ccfactory.facts.podman import PodmanImage
+from ccfactory.roles.kbs.facts import PodmanImage
 
 logger = logging.getLogger("pyinfra")
 READY_TIMEOUT = 60.0

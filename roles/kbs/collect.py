@@ -26,9 +26,8 @@ from pyinfra import host
 from pyinfra.api import FunctionCommand, operation
 
 from ccfactory.kbs import refvalues as rv
-from ccfactory.kbs import site_values as sv
-from ccfactory.kbs import snp_host
-
+from ccfactory.roles.kbs import site_values as sv
+from ccfactory.roles.kbs import snp_host
 KATA_ARTIFACT = "kata-static"
 LOG_COMMAND = ("journalctl -t kata --no-pager -q -o cat 2>/dev/null | grep -F 'launching ' | grep -F ' with: [' "
                "| tail -n 200 || true")  # fmt: skip
@@ -211,7 +210,7 @@ def _register_learned(state, host, spec, recompute: Callable[[], dict], on_regis
     then ``on_registered(state)`` (the site run refreshes its readiness report with it)."""
     from pyinfra.facts.files import FileContents
 
-    from ccfactory.kbs import operations as kbs_ops
+    from ccfactory.roles.kbs import operations as kbs_ops
     from ccfactory.kbs.client import Ledger
     from ccfactory.kbs.errors import KbsError
 

@@ -3,12 +3,12 @@
 For each SNP worker (``ccfactory.kbs.refvalues`` says how each value is checked):
 
 * ``snp_launch_measurement``, one per SNP shim (CPU, GPU): **computed** with sev-snp-measure
-  (``ccfactory.kbs.snp_measure``) over the guest assets of the kata-static tarball the BOM pins
+  (``ccfactory.roles.kbs.snp_measure``) over the guest assets of the kata-static tarball the BOM pins
   (the bytes the runtime stage installed, checksum-verified), with the shim's effective
   configuration (upstream file + ccfactory's drop-in) and the command line of the runtime's
   own log of a guest of that shim;
 * ``snp_bootloader``, ``snp_microcode``, ``snp_snp_svn``, ``snp_tee_svn``: the reported TCB
-  **read from the host** (``ccfactory.kbs.snp_host``), ``snp_smt_enabled`` from the kernel;
+  **read from the host** (``ccfactory.roles.kbs.snp_host``), ``snp_smt_enabled`` from the kernel;
 * ``snp_guest_abi_*``, ``snp_smt_allowed``, ``snp_single_socket``: from the site's guest
   policy ``runtime_snp_guest_policy``;
 * ``snp_tsme_enabled``: not readable from the firmware interface; the operator sets it in
@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ccfactory.kbs import refvalues as rv
-from ccfactory.kbs import snp_host
-from ccfactory.kbs import snp_measure as sm
-
+from ccfactory.roles.kbs import snp_host
+from ccfactory.roles.kbs import snp_measure as sm
 ASSET_DIRS = ("opt/kata/share/kata-containers", "opt/kata/share/ovmf")  # kata-static layout: ./opt/kata/...
 SKIP = ("*.img",)  # rootfs disk images are not measured (their verity root hash is in the command line)
 
