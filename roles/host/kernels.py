@@ -27,7 +27,7 @@ TEE_NAMES = {"snp": "SEV-SNP", "tdx": "TDX"}
 @dataclass(frozen=True)
 class KernelMinimum:
     tee: str  # snp, tdx or *
-    distro: str  # os-release ID or *
+    distro: str  # os-release ID, a distribution family (distros.toml `family`, e.g. rhel) or *
     level: str  # required or recommended
     min: str
     why: str
@@ -39,8 +39,8 @@ class KernelMinimum:
         assert v is not None, f"kernels.toml: bad version {self.min!r}"
         return v
 
-    def applies(self, tee: str, os_id: str) -> bool:
-        return self.tee in ("*", tee) and self.distro in ("*", os_id)
+    def applies(self, tee: str, os_id: str, family: str = "") -> bool:
+        return self.tee in ("*", tee) and self.distro in ("*", os_id, family or os_id)
 
 
 @cache
@@ -54,12 +54,14 @@ def kernel_minimums() -> tuple[KernelMinimum, ...]:
     return _table()[0]
 
 
-def fix_for(os_id: str, minimum: str) -> str:
+def fix_for(os_id: str, minimum: str, family: str = "") -> str:
+    """The fix text of ``os_id``'s row, else its family's (``rhel`` for Rocky), else the ``*`` one."""
     fixes = _table()[1]
-    return fixes.get(os_id, fixes.get("*", "install a kernel >= {min}")).format(min=minimum)
+    text = fixes.get(os_id) or fixes.get(family) or fixes.get("*", "install a kernel >= {min}")
+    return text.format(min=minimum)
 
 
-def check_host_kernel(tee: str, release: str, os_id: str = "", os_version: str = "") -> tuple[CheckResult, ...]:
+def check_host_kernel(tee: str, release: str, os_id: str = "", os_version: str = "", family: str = "") -> tuple[CheckResult, ...]:
     """Compare ``uname -r`` with every minimum for this TEE and distribution.
 
     Returns one ``host_kernel>=<min>`` result per applicable row: a failed ``required`` row is an
@@ -71,7 +73,7 @@ def check_host_kernel(tee: str, release: str, os_id: str = "", os_version: str =
     tee_name = TEE_NAMES.get(tee, tee)
     results = []
     for row in kernel_minimums():
-        if not row.applies(tee, os_id):
+        if not row.applies(tee, os_id, family):
             continue
         name = f"host_kernel>={row.min}"
         if current is None:
@@ -86,5 +88,5 @@ def check_host_kernel(tee: str, release: str, os_id: str = "", os_version: str =
             detail = (
                 f"kernel {release} is older than {row.min}, {row.level} for {tee_name} hosts ({row.why}; {row.source})"
             )
-            results.append(CheckResult(name, False, detail, fix_for(os_id, row.min), severity))
+            results.append(CheckResult(name, False, detail, fix_for(os_id, row.min, family), severity))
     return tuple(results)

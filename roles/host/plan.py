@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from ccfactory.config import NodeConfig
 from ccfactory.distros import GRUB_DROPIN_NAME as DROPIN_NAME
-from ccfactory.distros import GRUBBY_OWNED_ARGS, Distro, initramfs_step, supported_list
+from ccfactory.distros import GRUBBY_OWNED_ARGS, Distro, distro_for, initramfs_step, supported_list
 from ccfactory.facts.node import NodeOsInfo
 from ccfactory.roles.host.kernels import check_host_kernel
 from ccfactory.roles.host.operations import firmware_failures
@@ -183,7 +183,8 @@ def kernel_findings(cfg: NodeConfig, info: NodeOsInfo, files: HostBootFiles) -> 
                 f"lab: no simulated kernel in the lab's kernel log; checked uname -r {info.kernel or '(empty)'}, "
                 "the lab machine's shared kernel"
             )
-    for result in check_host_kernel(cfg.tee, release, info.os_id, info.os_version):
+    found = distro_for(info.os_id, info.os_version)
+    for result in check_host_kernel(cfg.tee, release, info.os_id, info.os_version, found.family if found else ""):
         if result.ok is None or result.failed:
             problems.append(str(result) + ("" if result.hint else "; fix: check what `uname -r` prints on the node"))
         elif result.warned:

@@ -18,6 +18,9 @@ Example::
     '/etc/default/grub.d'
     >>> distro_for("centos", "7") is None
     True
+    >>> r = distro_for("rocky", "9.4")  # like = "rhel": RHEL's fields, its own os-release ID
+    >>> r.id, r.family, r.update_initramfs
+    ('rocky', 'rhel', 'dracut --regenerate-all --force')
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ GRUB_DROPIN_NAME = "60-ccfactory.cfg"  # the host stage's file in grub_dropin_di
 GRUBBY_OWNED_ARGS = "/etc/ccfactory/kernel-args"
 PACKAGE_MANAGERS = ("apt", "dnf")
 PACKAGE_ROLES = ("containerd", "runc", "zstd", "xz")  # what [distro.packages] may name
-OPTIONAL = {"bootloader_info": "", "packages": {}, "containerd_archive": {}}
+OPTIONAL = {"bootloader_info": "", "packages": {}, "containerd_archive": {}, "like": ""}
 
 
 class DistroTableError(ValueError):
@@ -56,6 +59,7 @@ class Distro:
     package_manager: str  # apt | dnf
     refresh_index: str
     bootloader_info: str = ""  # grubby: prints every boot entry's args
+    like: str = ""  # a rebuild of this earlier row's distribution: every field not given is that row's
     packages: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     containerd_archive: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
@@ -91,8 +95,17 @@ def parse_distros(text: str, origin: str = "distros.toml") -> tuple[Distro, ...]
     raw = tomllib.loads(text)
     names = [f.name for f in fields(Distro)]
     out = []
+    earlier: dict[str, dict] = {}
     for i, row in enumerate(raw.get("distro", [])):
         where = f"{origin}: distro[{i}] ({row.get('id', '?')})"
+        if row.get("like"):
+            base = earlier.get(row["like"])
+            if base is None:
+                raise DistroTableError(f"{where}: like = {row['like']!r} names no earlier row; fix: put the row of "
+                                       f"{row['like']!r} first, or give every field")  # fmt: skip
+            inherited = {k: v for k, v in base.items() if k not in ("id", "versions", "like", "sources")}
+            row = {**inherited, **row, "sources": {**base.get("sources", {}), **row.get("sources", {})}}
+        earlier.setdefault(row.get("id", "?"), row)
         missing = [n for n in names if n not in row and n != "sources" and n not in OPTIONAL]
         if missing:
             raise DistroTableError(f"{where}: missing {', '.join(missing)}; fix: add them (see the file's header)")

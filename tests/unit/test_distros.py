@@ -8,9 +8,14 @@ show (the os-release values are the ones each release ships: ``ID=ubuntu VERSION
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from ccfactory.distros import DistroTableError, distro_for, distros, initramfs_step, parse_distros
+from ccfactory.facts.node import NodeOs
 from ccfactory.roles.host.facts import host_boot_files_command
 from test_role_host import changed, failure_message, op, run_role, upload
 from test_role_host_sim import SimNode
@@ -38,7 +43,7 @@ def test_rows(os_id, version, expected):
     assert (d.update_bootloader, d.update_initramfs, d.package_manager, d.grub_dropin) == expected
 
 
-@pytest.mark.parametrize(("os_id", "version"), [("ubuntu", "22.10"), ("ubuntu", "24"), ("rhel", "8.10"), ("debian", "12.5"), ("rocky", "9.4")])
+@pytest.mark.parametrize(("os_id", "version"), [("ubuntu", "22.10"), ("ubuntu", "24"), ("rhel", "8.10"), ("debian", "12.5"), ("rocky", "8.6"), ("almalinux", "8.9")])
 def test_unknown_releases_are_not_matched(os_id, version):
     assert distro_for(os_id, version) is None
 
@@ -149,3 +154,45 @@ def test_docstring_examples_of_the_distro_and_templating_modules():
     for module in (ccfactory.distros, ccfactory.templating):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "distros"
+
+
+def _os_release_fact(path: Path):
+    """The NodeOs fact's own command (it sources /etc/os-release in sh) run on a recorded file."""
+    command = NodeOs.command.replace("/etc/os-release", shlex.quote(str(path)))
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+    return NodeOs().process(out.splitlines())
+
+
+def test_rocky_and_almalinux_are_rhel_rebuilds_by_data_read_from_their_recorded_os_release():
+    alma = _os_release_fact(FIXTURES / "almalinux9-os-release.txt")
+    assert (alma.os_id, alma.os_version) == ("almalinux", "9.2")
+    row, rhel = distro_for(alma.os_id, alma.os_version), distro_for("rhel", "9.2")
+    assert row.id == "almalinux" and row.like == "rhel" and row.family == "rhel"
+    same = ("cmdline_method", "update_bootloader", "bootloader_info", "update_initramfs", "package_manager", "packages")
+    assert all(getattr(row, f) == getattr(rhel, f) for f in same)
+    assert row.sources["id"].startswith("AlmaLinux os-release") and row.sources["update_initramfs"] == rhel.sources["update_initramfs"]
+    rocky = _os_release_fact(FIXTURES / "rocky8-os-release.txt")
+    assert (rocky.os_id, rocky.os_version) == ("rocky", "8.6")
+    assert distro_for(rocky.os_id, rocky.os_version) is None  # Rocky 8, like RHEL 8: not supported
+    assert distro_for("rocky", "9.6").like == "rhel" and distro_for("rocky", "10.0") is not None
+
+
+def test_a_like_row_must_follow_the_row_it_names():
+    rebuild = '\n[[distro]]\nid = "y"\nlike = "x"\nversions = ["2"]\n'
+    rows = parse_distros(ROW + rebuild)
+    assert rows[1].id == "y" and rows[1].update_bootloader == "update-grub" and rows[1].versions == ("2",)
+    with pytest.raises(DistroTableError, match=r"distro\[0\] \(y\): like = 'x' names no earlier row"):
+        parse_distros(rebuild + ROW)
+
+
+def test_kernel_rows_and_fix_text_follow_the_family_for_rebuilds():
+    from ccfactory.roles.host.kernels import check_host_kernel
+
+    [required] = [r for r in check_host_kernel("tdx", "5.14.0-284.11.1.el9_2.x86_64", "almalinux", "9.2", "rhel")
+                  if r.severity == "error"]  # fmt: skip
+    assert required.failed and "RHEL 9 ships 5.14" in required.hint and "backported" in required.hint
+    [debian] = [r for r in check_host_kernel("tdx", "6.1.0-18-amd64", "debian", "12", "debian") if r.severity == "error"]
+    assert "RHEL" not in debian.hint
