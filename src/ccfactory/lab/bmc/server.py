@@ -242,8 +242,15 @@ def serve(lab_dir: Path, nodes: list[str], power_fn: PowerFn | None = None, read
     signal.signal(signal.SIGINT, on_signal)
     threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True,
                                 name=f"bmc-{n}") for s, n in zip(servers, nodes)]
-    for t in threads:
-        t.start()
+    # the serving threads block SIGTERM/SIGINT, so the kernel gives them to the main thread, whose
+    # wait they end (Python runs handlers in the main thread only; a signal taken by another thread
+    # does not wake it)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        for t in threads:
+            t.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     log.info("serving %d BMC(s), pid %d", len(servers), os.getpid())
     if ready_file is not None:
         ready_file.write_text(f"{os.getpid()}\n")

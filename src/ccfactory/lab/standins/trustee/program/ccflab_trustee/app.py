@@ -970,11 +970,21 @@ def serve(cfg: dict) -> list[_Server]:
     context = None if http["insecure_http"] else tls_context(http)
     handler = make_handler(kbs, 1024 * 1024 * http["payload_request_size"])
     servers = []
-    for address in http["sockets"]:
-        server = _Server(address, handler)
-        server.context = context
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    # The server threads block SIGTERM/SIGINT (a thread inherits the mask it is started with): the
+    # kernel gives a process signal to any thread that does not block it, Python runs handlers only
+    # in the main thread, and a main thread asleep is not woken when another thread took the signal
+    # (seen: the stand-in alive 30 s after SIGTERM, main thread in nanosleep). So the main thread
+    # gets it, its sleep ends, and _stop runs at once.
+    stoppers = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stoppers)
+    try:
+        for address in http["sockets"]:
+            server = _Server(address, handler)
+            server.context = context
+            servers.append(server)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     log("INFO", f"Starting HTTP{'' if context is None else 'S'} server at [{', '.join(http['socket_text'])}]")
     return servers
 
@@ -996,6 +1006,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="Path to a KBS config file [env: KBS_CONFIG_FILE=]")  # fmt: skip
     parser.add_argument("-V", "--version", action="version", version=f"kbs {VERSION}")
     args = parser.parse_args(argv)
+    # Stop on SIGTERM as the real server does (actix-web's HttpServer handles SIGINT/SIGTERM/SIGQUIT,
+    # api_server.rs:165-210 runs one). In a container the stand-in is PID 1, which the kernel
+    # shields from signals without a handler: `podman stop` would wait, then SIGKILL. Installed
+    # before the sockets listen: a SIGTERM sent as soon as the port answers is never lost (a
+    # process started with SIGTERM ignored, as test runners may, would otherwise drop it).
+    signal.signal(signal.SIGTERM, _stop)
     if not args.config_file:
         parser.error("the following required arguments were not provided: --config-file <CONFIG_FILE>")
     log("INFO", f"Welcome to Confidential Containers Key Broker Service! (ccfactory lab stand-in {VERSION}: "
@@ -1009,10 +1025,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, jose.JoseError, rego.RegoError) as exc:
         print(f"Error: KBS initialization failed: {exc}", file=sys.stderr)
         return 1
-    # Stop on SIGTERM as the real server does (actix-web's HttpServer handles SIGINT/SIGTERM/SIGQUIT,
-    # api_server.rs:165-210 runs one). In a container the stand-in is PID 1, which the kernel
-    # shields from signals without a handler: `podman stop` would wait, then SIGKILL.
-    signal.signal(signal.SIGTERM, _stop)
     try:
         while True:
             time.sleep(3600)
