@@ -33,7 +33,8 @@ from pyinfra.api import deploy
 
 from ccfactory.config import node_config
 from ccfactory.firmware import FirmwareError, bios_profile_for
-from ccfactory.operations import checks, reboot
+from ccfactory.operations import reboot
+from ccfactory.operations.checks import requirement
 from ccfactory.roles.firmware import operations as firmware_ops
 SUDO = {"_sudo": True}  # the kernel log, the marker under /var/lib and the boot id wait
 
@@ -71,7 +72,7 @@ def apply() -> None:
             overrides=cfg.bmc.bios_overrides or None,
         )
     except FirmwareError as exc:
-        checks.requirement(name="BIOS profile", satisfied=False, problem=f"firmware: {exc}")
+        requirement(name="BIOS profile", satisfied=False, problem=f"firmware: {exc}")
         return
 
     passes = firmware_ops.passes_needed(profile)

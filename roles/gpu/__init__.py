@@ -47,7 +47,8 @@ from ccfactory.facts.gpu import GpuDrivers, NvidiaGpus
 from ccfactory.facts.gpu_cc import GpuCcModes
 from ccfactory.distros import distro_for, initramfs_step, supported_list
 from ccfactory.facts.node import BootId, BootTools, NodeOs
-from ccfactory.operations import checks, reboot
+from ccfactory.operations import reboot
+from ccfactory.operations.checks import requirement
 from ccfactory.roles.gpu import operations as gpu
 from ccfactory.parsers.reboot_marker import marker_text
 from ccfactory.templating import TemplateOverlayError, site_overlays
@@ -86,7 +87,7 @@ def _plan():
 
     artifact, local = _artifact(cfg)
     if artifact is None:
-        checks.requirement(
+        requirement(
             name="gpu-admin-tools from the bill of materials",
             satisfied=False,
             problem=f"gpu-admin-tools: {local}; nothing was changed",
@@ -102,7 +103,7 @@ def _plan():
     info = host.get_fact(NodeOs)
     distro = distro_for(info.os_id, info.os_version)
     if distro is None:
-        checks.requirement(
+        requirement(
             name="GPUs match the inventory and no host driver holds them",
             satisfied=False,
             problem=f"{info.os_id or 'unknown OS'} {info.os_version} is not a supported distribution (supported: "
@@ -126,7 +127,7 @@ def _plan():
         GpuCcModes, tool=tool, cc_devices=",".join(plan.gpus), ppcie_devices=",".join(plan.ppcie_devices), **SUDO
     )
 
-    checks.requirement(
+    requirement(
         name="GPUs match the inventory and no host driver holds them",
         satisfied=not plan.problems,
         problem="; ".join(plan.problems),

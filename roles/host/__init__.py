@@ -46,7 +46,8 @@ from ccfactory.config import node_config
 from ccfactory.distros import distro_for
 from ccfactory.facts.node import NodeOs
 from ccfactory.facts.tee import TeeHostStatus
-from ccfactory.operations import checks, reboot
+from ccfactory.operations import reboot
+from ccfactory.operations.checks import requirement
 from ccfactory.roles.host import operations as host_ops
 from ccfactory.roles.host.operations import firmware_failures
 from ccfactory.roles.host.facts import REBOOT_MARKER, HostBootConfig
@@ -100,7 +101,7 @@ def _configure(reboot_now: bool) -> tuple | None:
 
     for note in plan.notes:
         host.log(note, log_func=logger.warning)
-    checks.requirement(
+    requirement(
         name="Host ready for its TEE configuration",
         satisfied=not plan.problems,
         problem="host stage: nothing was changed:\n  - " + "\n  - ".join(plan.problems),

@@ -59,7 +59,7 @@ from ccfactory.kbs.pki import ensure_pki
 from ccfactory.kbs.policy import CPU_TEES, PolicySpec, render_resource_policy
 from ccfactory.kbs.rego import RegoError, compile_policy, refuse_unsafe_policy
 from ccfactory.kbs.settings import KbsSettings, kbs_settings, server_names
-from ccfactory.operations import checks
+from ccfactory.operations.checks import requirement
 from ccfactory.templating import site_overlays
 
 ARTIFACT = "trustee"
@@ -186,7 +186,7 @@ def site_reference_values(settings: KbsSettings, attestation_policy: str | None,
 
 
 def _requirement(name: str, problem: str) -> None:
-    checks.requirement(name=name, satisfied=False, problem=problem)
+    requirement(name=name, satisfied=False, problem=problem)
 
 
 @deploy("KBS")

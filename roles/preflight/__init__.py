@@ -17,14 +17,14 @@ from pyinfra.api import deploy
 from ccfactory.config import node_config
 from ccfactory.distros import distro_for, supported_list
 from ccfactory.facts.node import NodeOs
-from ccfactory.operations import checks
+from ccfactory.operations.checks import requirement
 
 
 @deploy("Preflight")
 def apply() -> None:
     cfg = node_config(host)
     info = host.get_fact(NodeOs)
-    checks.requirement(
+    requirement(
         name="Supported distribution",
         satisfied=distro_for(info.os_id, info.os_version) is not None,
         problem=(
@@ -34,7 +34,7 @@ def apply() -> None:
     )
     if cfg.lab:
         return  # lab nodes are containers on a shared kernel by design
-    checks.requirement(
+    requirement(
         name="Bare metal",
         satisfied=info.virtualization in ("none", ""),
         problem=(

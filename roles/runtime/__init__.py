@@ -63,7 +63,7 @@ from ccfactory.facts.node import NodeOs
 from ccfactory.facts.containerd import ContainerdRuntimes
 from ccfactory.facts.gpu import NvidiaGpus
 from ccfactory.facts.kata import KataInstall
-from ccfactory.operations import checks
+from ccfactory.operations.checks import requirement
 from ccfactory.roles.runtime import containerd as containerd_ops
 from ccfactory.roles.runtime import kata as kata_ops
 from ccfactory.templating import check_overlays, render
@@ -231,7 +231,7 @@ def apply(
             root = containerd_cc.root_config_problem(containerd.main_config, choice.drop_in, choice.config_version)
             if root:
                 problems.append(f"containerd: {root}")
-    checks.requirement(
+    requirement(
         name="Runtime stage inputs",
         satisfied=not problems,
         problem="runtime stage: nothing was changed:\n  - " + "\n  - ".join(problems),
@@ -348,7 +348,7 @@ def _initdata(cfg, overlays, resources):
     if cfg.kbs.ca_cert:
         ca = Path(cfg.kbs.ca_cert).expanduser()
         if not ca.is_file():
-            checks.requirement(
+            requirement(
                 name="KBS CA certificate",
                 satisfied=False,
                 problem=f"kbs_ca_cert {ca} does not exist on the controller; run the kbs stage first "
@@ -362,5 +362,5 @@ def _initdata(cfg, overlays, resources):
             tee=cfg.tee,
         )
     except InitdataError as exc:
-        checks.requirement(name="CoCo initdata", satisfied=False, problem=f"initdata: {exc}")
+        requirement(name="CoCo initdata", satisfied=False, problem=f"initdata: {exc}")
         return None

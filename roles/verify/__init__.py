@@ -17,7 +17,7 @@ from pyinfra.api import FunctionCommand, deploy, operation
 
 from ccfactory.config import node_config
 from ccfactory.verify import node_checks  # noqa: F401 - registers the checks
-from ccfactory.verify.checks import fleet_of
+from ccfactory.verify.collect import fleet_of
 from ccfactory.verify.collect import record_node
 
 

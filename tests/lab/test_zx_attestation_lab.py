@@ -62,7 +62,8 @@ from pyinfra.api import FunctionCommand, operation
 from ccfactory.config import node_config
 from ccfactory.deploys import run_stages
 from ccfactory.verify import attestation  # noqa: F401 - registers the check
-from ccfactory.verify.checks import REGISTRY, CheckContext, fleet_of, run_check
+from ccfactory.verify.checks import REGISTRY, CheckContext, run_check
+from ccfactory.verify.collect import fleet_of
 from ccfactory.verify.collect import pyinfra_runner
 
 run_stages(["preflight"])
@@ -92,7 +93,8 @@ from pyinfra import state
 
 import ccfactory.verify.collect as collect
 from ccfactory.verify import attestation  # noqa: F401 - roles/verify: registers the check
-from ccfactory.verify.checks import CheckContext, fleet_of
+from ccfactory.verify.checks import CheckContext
+from ccfactory.verify.collect import fleet_of
 
 if "fleet=" not in open(collect.__file__).read():
     def _with_fleet(**kw):
@@ -286,7 +288,8 @@ SUITE = """\
 import pytest
 
 from ccfactory.verify import attestation
-from ccfactory.verify.checks import REGISTRY, CheckContext, CommandOutput, fleet_of, run_check
+from ccfactory.verify.checks import REGISTRY, CheckContext, CommandOutput, run_check
+from ccfactory.verify.collect import fleet_of
 
 
 @pytest.fixture(scope="module")

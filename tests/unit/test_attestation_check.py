@@ -617,7 +617,7 @@ class _Inventory(list):
 
 
 def test_fleet_of_builds_validated_hosts_once_per_inventory():
-    from ccfactory.verify.checks import fleet_of
+    from ccfactory.verify.collect import fleet_of
 
     hosts = _Inventory([
         _Host("w1", ("site", "workers", "snp"), {"kbs_url": "https://k1:8443"}),

@@ -46,6 +46,10 @@ LAYER_OF_TOP = {
     "templates": BELOW, "": BELOW,
 }  # fmt: skip
 ENTRY_MODULES = {"ccfactory.kbs.cli": "kbs.cli", "ccfactory.verify.plugin": "verify.plugin"}
+# The check API every stage's ``roles/<stage>/checks.py`` is written against (decorator, context,
+# outcome) and the report model it fills: below the stages, so that a stage's checks do not import
+# the verify stage; the verify stage finds them by their place, never by an import of a stage.
+CHECK_API = {"ccfactory.verify.checks", "ccfactory.verify.report"}
 
 # (importer, imported, why it is still there). Shrink only.
 KNOWN: set[tuple[str, str, str]] = set()  # none left (issue 16); a new one fails the test
@@ -95,6 +99,8 @@ def layer(mod: str) -> tuple[int, str]:
     """(rank, group) of a module."""
     if mod in ENTRY_MODULES:
         return ENTRY, ENTRY_MODULES[mod]
+    if mod in CHECK_API:
+        return OPS, "verify.api"
     parts = mod.split(".")
     top = parts[1] if len(parts) > 1 else ""
     if top == "roles":
@@ -189,3 +195,24 @@ def test_the_rule_catches_what_it_should():
     assert not violations({("ccfactory.roles.host", "ccfactory.parsers.kernel")})  # down two ranks
     assert not violations({("ccfactory.cli", "ccfactory.lab.cli")})  # an entry point may run the lab
     assert group_cycles({("ccfactory.bom", "ccfactory.config"), ("ccfactory.config", "ccfactory.bom")}) == [["bom", "config"]]
+
+
+def test_each_stage_owns_its_checks_and_the_verify_stage_finds_them_without_importing_a_stage():
+    """roles/<stage>/checks.py holds the stage's checks, written against the check API only;
+    ccfactory.verify.node_checks loads them by convention (no static import of a stage)."""
+    edges = import_graph()
+    stage_checks = sorted(m for m in modules() if m.startswith("ccfactory.roles.") and m.endswith(".checks"))
+    assert len(stage_checks) >= 6, stage_checks
+    for mod in stage_checks:
+        assert (mod, "ccfactory.verify.checks") in edges, mod
+        assert not {b for a, b in edges if a == mod and b.startswith("ccfactory.verify.") and b not in CHECK_API}, mod
+    assert not {b for a, b in edges if a.startswith("ccfactory.verify.") and b.startswith("ccfactory.roles.")}
+    from ccfactory.verify import node_checks
+
+    assert [m.__name__ for m in node_checks.LOADED] == stage_checks_in_report_order(stage_checks)
+
+
+def stage_checks_in_report_order(names):
+    from ccfactory.verify.report import STAGE_ORDER
+
+    return [n for s in STAGE_ORDER for n in names if n == f"ccfactory.roles.{s}.checks"]

@@ -17,7 +17,8 @@ import subprocess
 import pytest
 
 from ccfactory.config import load_node_config
-from ccfactory.verify import checks, collect, node_checks
+from ccfactory.roles.runtime import checks as runtime_checks
+from ccfactory.verify import checks, collect, node_checks  # noqa: F401 - node_checks registers the checks
 from ccfactory.verify.checks import (
     REGISTRY,
     CheckContext,
@@ -191,7 +192,7 @@ def test_the_verify_stage_sends_one_remote_command_per_node(tmp_path, monkeypatc
     assert [c["check"] for c in rows["@fake/w1"]["checks"]] == list(REGISTRY)  # every check, in order
     # the rows are the rows of the checks run one command at a time
     cfg = node_config(state.inventory.get_host("@fake/w1"))
-    alone = [run_check(c, CheckContext(cfg=cfg, run=local, data={}, fleet=checks.fleet_of(state.inventory)))
+    alone = [run_check(c, CheckContext(cfg=cfg, run=local, data={}, fleet=collect.fleet_of(state.inventory)))
              for c in REGISTRY.values()]  # fmt: skip
     assert [json.loads(r.model_dump_json()) for r in alone] == rows["@fake/w1"]["checks"]
 
@@ -228,4 +229,4 @@ def test_the_attestation_check_is_batched_and_runs_in_the_background():
     assert item.background
     ctx = CheckContext(cfg=worker(kbs_url="https://kbs:8443"), run=local)
     assert f"cat {attestation.INITDATA_JSON}" in item.reads(ctx)
-    assert node_checks.INITDATA_DIR == "/etc/ccfactory/coco"
+    assert runtime_checks.INITDATA_DIR == "/etc/ccfactory/coco"

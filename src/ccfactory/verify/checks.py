@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ccfactory.config import NodeConfig
+from ccfactory.model import NodeConfig
 from ccfactory.verify.report import CheckResult
 
 
@@ -203,37 +203,32 @@ class CheckContext:
         return self.once(f"fact:{fact_cls.__module__}.{fact_cls.__name__}", compute)
 
 
-def fleet_of(hosts: Iterable) -> dict[str, FleetHost]:
-    """``FleetHost`` of every pyinfra ``Host`` (e.g. ``state.inventory`` or ``host.inventory``).
-
-    Hosts whose data does not validate are left out (the inventory was validated before
-    any check runs; this only keeps one odd host from hiding the others). The result is
-    kept on a pyinfra ``Inventory`` object, so calling this once per host stays cheap.
-    """
-    from ccfactory.config import InventoryError, node_config
-
-    cached = getattr(hosts, "_ccfactory_fleet", None)
-    if cached is not None:
-        return cached
-    fleet: dict[str, FleetHost] = {}
-    for host in hosts:
-        try:
-            fleet[host.name] = FleetHost(cfg=node_config(host), data=host.data.dict())
-        except InventoryError:
-            continue
-    try:
-        hosts._ccfactory_fleet = fleet  # type: ignore[attr-defined]
-    except AttributeError:  # a list or other plain iterable: no cache
-        pass
-    return fleet
-
-
 @dataclass(frozen=True)
 class Outcome:
     status: str
     detail: str
     hint: str = ""
     simulated: str = ""
+
+
+# What the lab simulates, named in a check's result on a lab node (the report marks it simulated).
+LAB_KERNEL = "the lab's nodes share the lab machine's kernel; SNP/TDX state is simulated from the BMC's BIOS state"
+LAB_GPU = "GPUs and gpu-admin-tools are lab stand-ins (sysfs tree and state file)"
+
+
+def lab_note(ctx: CheckContext, what: str) -> str:
+    """``what`` on a lab node (the result is marked simulated), else nothing."""
+    return what if ctx.cfg.lab else ""
+
+
+def tee_node(cfg) -> bool:
+    """A check that applies to SEV-SNP and TDX hosts."""
+    return cfg.tee in ("snp", "tdx")
+
+
+def gpu_node(cfg) -> bool:
+    """A check that applies to hosts with GPUs in the inventory."""
+    return cfg.gpu.count > 0
 
 
 def ok(detail: str, simulated: str = "") -> Outcome:

@@ -8,15 +8,41 @@ on, as unreachable, so a report always covers the whole inventory.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from pyinfra.api import StringCommand
 
-from ccfactory.verify.checks import CheckContext, CommandOutput, fleet_of, run_checks
+from ccfactory.verify.checks import CheckContext, CommandOutput, FleetHost, run_checks
 from ccfactory.verify.report import FleetReport, NodeReport, ReferenceValues, load_report, render_markdown
 
 DEFAULT_REPORT_DIR = "reports"
 _ROLE_GROUPS = {"workers", "kbs", "snp", "tdx", "gpu", "all"}
+
+
+def fleet_of(hosts: Iterable) -> dict[str, FleetHost]:
+    """``FleetHost`` of every pyinfra ``Host`` (e.g. ``state.inventory`` or ``host.inventory``).
+
+    Hosts whose data does not validate are left out (the inventory was validated before
+    any check runs; this only keeps one odd host from hiding the others). The result is
+    kept on a pyinfra ``Inventory`` object, so calling this once per host stays cheap.
+    """
+    from ccfactory.config import InventoryError, node_config
+
+    cached = getattr(hosts, "_ccfactory_fleet", None)
+    if cached is not None:
+        return cached
+    fleet: dict[str, FleetHost] = {}
+    for host in hosts:
+        try:
+            fleet[host.name] = FleetHost(cfg=node_config(host), data=host.data.dict())
+        except InventoryError:
+            continue
+    try:
+        hosts._ccfactory_fleet = fleet  # type: ignore[attr-defined]
+    except AttributeError:  # a list or other plain iterable: no cache
+        pass
+    return fleet
 
 
 def site_name(inventory) -> str:

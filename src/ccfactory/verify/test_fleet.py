@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from ccfactory.verify import node_checks  # noqa: F401 - registers the checks
-from ccfactory.verify.checks import REGISTRY, CheckContext, CommandOutput, fleet_of, run_check
+from ccfactory.verify.checks import REGISTRY, CheckContext, CommandOutput, run_check
+from ccfactory.verify.collect import fleet_of
 
 
 @pytest.fixture(scope="module")

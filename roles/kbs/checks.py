@@ -1,0 +1,36 @@
+"""The checks of the kbs stage: what the verify stage (and the shipped testinfra suite) asks of a
+node after this stage ran. Each reuses the stage's own facts and parsers, so the report and the
+deploy can never disagree about what a node looks like.
+
+Registered in ``ccfactory.verify.checks.REGISTRY`` on import; the verify stage finds this module
+by its place (``roles/<stage>/checks.py``, ``ccfactory.verify.node_checks``). A check declares
+the facts and commands it reads, so the verify stage reads them all in one remote command.
+"""
+
+from __future__ import annotations
+
+from ccfactory.verify.checks import CheckContext, Outcome, check, fail, lab_note, ok
+
+
+LAB_KBS = "the KBS is the lab's Trustee stand-in; it can verify sample evidence only (no SNP/TDX verifier)"
+
+
+@check("kbs.health", stage="kbs", applies=lambda cfg: cfg.is_kbs)
+def kbs_health(ctx: CheckContext) -> Outcome:
+    """HTTPS with the site CA, the admin credential works, and sample (non-TEE) evidence is denied."""
+    from ccfactory.kbs.client import KbsClient
+    from ccfactory.kbs.settings import kbs_settings
+
+    settings = kbs_settings(ctx.cfg, ctx.data)
+    pki = settings.pki_dir
+    client = KbsClient(settings.url, ca_cert=pki / "ca.crt" if not settings.sources.ca_cert else settings.sources.ca_cert,
+                       admin_key=pki / "admin.key", lab=ctx.cfg.lab)
+    try:
+        auth = client.check_admin_auth()
+        denial = client.negative_health_check(expect_denial=not settings.lab_permissive)
+    except Exception as exc:  # noqa: BLE001 - every failure is this check's finding
+        return fail(f"{type(exc).__name__}: {exc}", hint="run the kbs stage; check the KBS service log (journalctl -u trustee-kbs)",
+                    simulated=lab_note(ctx, LAB_KBS))
+    if settings.lab_permissive:
+        return fail(f"{auth}; {denial}", hint="remove kbs_lab_permissive: the policy must require TEE attestation")
+    return ok(f"{auth}; {denial}", simulated=lab_note(ctx, LAB_KBS))

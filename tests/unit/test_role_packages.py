@@ -1,0 +1,36 @@
+"""Role packages: a submodule never shadows a name its package's ``__init__`` uses.
+
+Importing ``ccfactory.roles.<stage>.<sub>`` sets the attribute ``<sub>`` on the package, which
+*is* the ``__init__`` module's global of that name. A role whose ``__init__`` bound ``checks`` to
+``ccfactory.operations.checks`` would, once the verify stage imported ``roles/<stage>/checks.py``,
+call the stage's check module instead at deploy time. This test imports every submodule of every
+role and proves each ``__init__`` global bound by an import still is what it imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+STAGES = sorted(p.name for p in ROLES.iterdir() if (p / "__init__.py").is_file())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_submodule_shadows_a_name_the_roles_init_imported(stage):
+    package = importlib.import_module(f"ccfactory.roles.{stage}")
+    tree = ast.parse((ROLES / stage / "__init__.py").read_text())
+    bound = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                bound[alias.asname or alias.name] = (node.module, alias.name)
+    before = {name: getattr(package, name) for name in bound if hasattr(package, name)}
+    subs = sorted(p.stem for p in (ROLES / stage).glob("*.py") if p.stem != "__init__")
+    for sub in subs:
+        importlib.import_module(f"ccfactory.roles.{stage}.{sub}")
+    changed = [name for name, value in before.items() if getattr(package, name) is not value]
+    assert not changed, f"roles/{stage}: submodule(s) {changed} replaced what __init__ imported under that name"
