@@ -1,10 +1,6 @@
-"""The checks of the runtime stage: what the verify stage (and the shipped testinfra suite) asks of a
-node after this stage ran. Each reuses the stage's own facts and parsers, so the report and the
-deploy can never disagree about what a node looks like.
+"""The runtime stage's checks: containerd's Kata handlers, the pinned kata-static with its drop-ins, the CoCo initdata.
 
-Registered in ``ccfactory.verify.checks.REGISTRY`` on import; the verify stage finds this module
-by its place (``roles/<stage>/checks.py``, ``ccfactory.verify.node_checks``). A check declares
-the facts and commands it reads, so the verify stage reads them all in one remote command.
+Registered on import; the verify stage loads this module (``ccfactory.verify.node_checks``).
 """
 
 from __future__ import annotations

@@ -780,6 +780,18 @@ def test_config_refusals(tmp_path):
         assert result.returncode == 1 and message in result.stderr, (message, result.stderr)
 
 
+def _port_answers(port: int, timeout: float = 60) -> bool:
+    """True once 127.0.0.1:port accepts a connection (60 s: startup on a loaded 2-core CI machine)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 def test_cli_config_file_flag_and_env(tmp_path):
     """trustee@v0.21.0:kbs/src/config.rs:256-264: `-c/--config-file`, env KBS_CONFIG_FILE; required."""
     keys = make_keys(tmp_path / "keys")
@@ -795,15 +807,7 @@ def test_cli_config_file_flag_and_env(tmp_path):
     proc = subprocess.Popen([PYTHON, str(trustee.install_tree(tmp_path / "o3"))], env={**env, "KBS_CONFIG_FILE": str(path)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60  # a loaded 2-core CI machine: startup, not behaviour
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("did not start with KBS_CONFIG_FILE")
+        assert _port_answers(port), "did not start with KBS_CONFIG_FILE"
     finally:
         proc.terminate()
         exit_code(proc, 30)
@@ -853,13 +857,7 @@ def test_sigterm_stops_the_server_at_once_however_soon_it_comes(tmp_path):
         path.write_text(config_text(keys, port, tmp_path / f"s{i}"))
         proc = subprocess.Popen([PYTHON, str(tree)], env={**env, "KBS_CONFIG_FILE": str(path)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + 60  # startup on a loaded machine, not behaviour
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        assert _port_answers(port), f"start {i}: the port never answered"
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert exit_code(proc, 10) == 0, f"start {i}"
