@@ -31,7 +31,7 @@ import logging
 from pyinfra import host
 from pyinfra.api import deploy
 
-from ccfactory.config import node_config
+from ccfactory import config  # config imports this stage's options: no name is taken from it at import time
 from ccfactory.firmware import FirmwareError, bios_profile_for
 from ccfactory.operations import reboot
 from ccfactory.operations.checks import requirement
@@ -52,7 +52,7 @@ BIOS_CHECKS = {
 
 @deploy("Firmware")
 def apply() -> None:
-    cfg = node_config(host)
+    cfg = config.node_config(host)
     if cfg.tee not in TEE_NAMES:
         host.noop("no TEE (tee none): no BIOS settings to manage")
         return

@@ -42,7 +42,7 @@ from pyinfra.facts.files import FileContents
 from pyinfra.operations import files, server
 
 from ccfactory.bom.fetch import artifact_for_host
-from ccfactory.config import node_config
+from ccfactory import config  # config imports this stage's options: no name is taken from it at import time
 from ccfactory.facts.gpu import GpuDrivers, NvidiaGpus
 from ccfactory.facts.gpu_cc import GpuCcModes
 from ccfactory.distros import distro_for, initramfs_step, supported_list
@@ -80,7 +80,7 @@ _PLANS: dict[str, tuple] = {}
 def _plan():
     """(cfg, artifact, local, tool, plan, initramfs, boot_id) from config and one read of the
     facts, or None when the stage has nothing to do or refuses (the refusal is an operation)."""
-    cfg = node_config(host)
+    cfg = config.node_config(host)
     if not (cfg.is_worker and cfg.has_gpus):
         host.noop("no GPUs to manage (not a worker, or gpu_count is 0)")
         return None

@@ -13,7 +13,7 @@ reason to reboot again.
 
 Example::
 
-    >>> from ccfactory.config import GpuConfig
+    >>> from ccfactory.model import GpuConfig
     >>> from ccfactory.parsers.gpuhost import GpuDriverState, nvidia_devices_from_lines
     >>> devs = nvidia_devices_from_lines(["0000:18:00.0 vendor=0x10de device=0x2330 class=0x030200 driver=vfio-pci iommu_group=20"])
     >>> p = plan_stage(GpuConfig(count=1, model="H100", cc_mode="on"), devs, GpuDriverState(), None, None, "b1")
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ccfactory.config import GpuConfig
+from ccfactory.model import GpuConfig
 from ccfactory.parsers.gpuhost import GpuDriverState, NvidiaDevices, inventory_problems
 from ccfactory.parsers.reboot_marker import marker_path, marker_pending
 from ccfactory.templating import render

@@ -49,7 +49,7 @@ from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from ccfactory.bom.fetch import artifact_for_host
-from ccfactory.config import InventoryError, node_config
+from ccfactory import config  # config imports this stage's options: no name is taken from it at import time
 from ccfactory.kbs import refvalues
 from ccfactory.roles.kbs import collect, tdx_pin
 from ccfactory.roles.kbs import operations as kbs_ops
@@ -77,8 +77,8 @@ def _fleet(inventory=None):
     site has one KBS host; with several, each KBS certificate covers its own kbs_url.
     """
     urls, tees, gpus, kbs_hosts = set(), set(), False, 0
-    for _other, cfg in collect.configs_of(inventory if inventory is not None else host.inventory, node_config):
-        if isinstance(cfg, InventoryError):
+    for _other, cfg in collect.configs_of(inventory if inventory is not None else host.inventory, config.node_config):
+        if isinstance(cfg, config.InventoryError):
             continue  # validation already reported it
         if isinstance(cfg, Exception):
             raise cfg
@@ -112,7 +112,7 @@ def ensure_site_pki(inventory) -> None:
     Problems are left for ``apply()`` to report on its host.
     """
     urls, _, _ = _fleet(inventory)
-    for kbs_host, cfg in collect.configs_of(inventory, node_config):
+    for kbs_host, cfg in collect.configs_of(inventory, config.node_config):
         try:
             if isinstance(cfg, Exception):
                 raise cfg
@@ -120,7 +120,7 @@ def ensure_site_pki(inventory) -> None:
                 continue
             data = kbs_host.data.dict()
             _site_pki(cfg, data, kbs_settings(cfg, data, fleet_urls=tuple(urls)), urls)
-        except (InventoryError, KbsError, OSError):
+        except (config.InventoryError, KbsError, OSError):
             continue
 
 
@@ -170,7 +170,7 @@ def site_reference_values(settings: KbsSettings, attestation_policy: str | None,
                   else refvalues.DEFAULT_CPU_SHAPES)  # fmt: skip
     pinned, problems = tdx_pin.pinned_values(settings.tdx_first_use, token_ca_cert)
     refs, values = collect.site_reference_values(
-        host.inventory, node_config, settings.reference_values, shapes,
+        host.inventory, config.node_config, settings.reference_values, shapes,
         log=lambda m: host.log(m, log_func=logger.info), extra=pinned,
     )  # fmt: skip
     refs.pending += problems
@@ -191,7 +191,7 @@ def _requirement(name: str, problem: str) -> None:
 
 @deploy("KBS")
 def apply() -> None:
-    cfg = node_config(host)
+    cfg = config.node_config(host)
     if not cfg.is_kbs:
         host.noop("not a KBS host")
         return
@@ -265,7 +265,7 @@ def apply() -> None:
             files.put(name=f"KBS {name}", src=str(src), dest=f"{render.KEYS_DIR}/{name}", user="root", group="root",
                       mode=mode, **SUDO, **({"_temp_dir": staging} if private else {}))  # fmt: skip
         )
-    config = files.put(
+    config_file = files.put(
         name="KBS config",
         src=io.StringIO(
             render.render_kbs_config(
@@ -299,7 +299,7 @@ def apply() -> None:
         service=render.SERVICE,
         running=True,
         restarted=True,
-        _if=any_changed(image, config, unit, *pushed),
+        _if=any_changed(image, config_file, unit, *pushed),
         **SUDO,
     )
 
@@ -344,7 +344,7 @@ def register_learned(on_registered=None) -> None:
         host.noop("the kbs stage did not run on this host in this run")
         return
     spec, settings, attestation_policy, token_ca_cert = run
-    waiting = collect.learnable_pending(settings.pki_dir / REFERENCE_SUMMARY, host.inventory, node_config)
+    waiting = collect.learnable_pending(settings.pki_dir / REFERENCE_SUMMARY, host.inventory, config.node_config)
     if not waiting:
         host.noop("no reference value waits for this run's smoke checks")
         return

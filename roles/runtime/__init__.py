@@ -57,7 +57,8 @@ from pyinfra.operations import apt, dnf, files, systemd
 from ccfactory.bom import BomError, bom_for
 from ccfactory.bom.fetch import artifact_for_host
 from ccfactory.coco.initdata import CocoSettings, InitdataError, credentials_from, render_initdata
-from ccfactory.config import node_config, safe_path_component
+from ccfactory import config  # config imports this stage's options: no name is taken from it at import time
+from ccfactory.validate import safe_path_component
 from ccfactory.distros import distro_for, supported_list
 from ccfactory.facts.node import NodeOs
 from ccfactory.facts.containerd import ContainerdRuntimes
@@ -150,7 +151,7 @@ def apply(
     coco_resources: Sequence[str] | None = None,
     health_timeout: float | None = None,
 ) -> None:
-    cfg = node_config(host)
+    cfg = config.node_config(host)
     if not cfg.is_worker or cfg.tee not in ("snp", "tdx"):
         host.noop("no Kata runtime for this host (not a worker with a TEE)")
         return

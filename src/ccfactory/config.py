@@ -23,11 +23,16 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from ccfactory.gpus import gpu_model_by_name, gpu_models
+from ccfactory.model import opt as _opt
+from ccfactory.roles.firmware.options import KNOWN_BMC_VENDORS, FirmwareOptions
+from ccfactory.roles.gpu.options import GpuOptions
+from ccfactory.roles.kbs.options import KbsOptions
+from ccfactory.roles.runtime.options import KATA_MAX_MEMORY_MIB, KATA_MAX_VCPUS, KATA_MIN_MEMORY_MIB, RuntimeOptions  # noqa: F401 (re-exported)
 from ccfactory.model import (  # noqa: F401 (re-exported: the typed view, built here from the inventory)
     DEFAULT_ARTIFACT_CACHE,
     DEFAULT_GRACEFUL_TIMEOUT,
@@ -70,7 +75,6 @@ GPU_GROUP = "gpu"
 
 # BMC vendors with a packaged BIOS profile (ccfactory/data/bios/); an OEM adds one with
 # bios_profile_dirs. Validation asks the profiles themselves; this is for help texts.
-KNOWN_BMC_VENDORS = ("dell", "hpe", "lenovo", "supermicro", "generic")
 
 MIN_GRACEFUL_TIMEOUT = 60  # outside the lab: below this a normal shutdown could be cut short
 
@@ -79,12 +83,6 @@ MIN_GRACEFUL_TIMEOUT = 60  # outside the lab: below this a normal shutdown could
 # lets the host debug (read and write) the guest's memory.
 SNP_POLICY_RESERVED_ONE = 1 << 17
 SNP_POLICY_DEBUG = 1 << 19
-# Kata guest sizes: Kata's Go runtime refuses less than 256 MiB (virtcontainers/hypervisor.go,
-# MinHypervisorMemory = 256); kata-types caps vCPUs at 256 (config/default.rs, MAX_QEMU_VCPUS).
-# The memory ceiling (4 TiB) is ccfactory's: Kata itself caps at the host's memory at run time.
-KATA_MIN_MEMORY_MIB = 256
-KATA_MAX_MEMORY_MIB = 4 * 1024 * 1024
-KATA_MAX_VCPUS = 256
 # bios_overrides min_sev_asid (BIOS "Minimum SEV non-ES ASID"): ASIDs below it are for SEV-ES
 # and SNP guests, so 1 leaves none. Dell R750's BiosRegistry allows 1..510 (EPYC 7003: 509
 # ASIDs); EPYC 9004/9005 have 1006, so at most 1007.
@@ -98,12 +96,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _Strict = StrictModel  # HostData too: unknown keys refused, frozen
 
 
-def _opt(default: Any, description: str, section: str, **kw: Any) -> Any:
-    return Field(default, description=description, json_schema_extra={"section": section}, **kw)
-
-
-class HostData(_Strict):
-    """Every ccfactory host-data key, flat, as written in inventories and group_data.
+class HostData(RuntimeOptions, KbsOptions, GpuOptions, FirmwareOptions):  # fields: firmware's first
+    """Every ccfactory host-data key, flat, as written in inventories and group_data: the keys
+    shared by stages (below) and every stage's own options (``roles/<stage>/options.py``).
 
     Connector keys (``ssh_*`` ...) and pyinfra global arguments (``_sudo`` ...) belong to
     pyinfra and are not listed here.
@@ -119,66 +114,6 @@ class HostData(_Strict):
         "group; `none` for machines without a TEE (e.g. the KBS host).",
         "node",
     )
-    # --- BMC (firmware stage)
-    bmc_vendor: str | None = _opt(
-        None, f"BMC/BIOS vendor profile: one of {', '.join(KNOWN_BMC_VENDORS)}.", "bmc"
-    )
-    bmc_address: str | None = _opt(None, "BMC host name or IP address (Redfish endpoint).", "bmc")
-    bmc_port: int = _opt(443, "BMC Redfish HTTPS port.", "bmc", ge=1, le=65535)
-    bmc_username: str | None = _opt(None, "BMC user with BIOS and power privileges.", "bmc")
-    bmc_password_env: str | None = _opt(
-        None,
-        "Name of the environment variable on the controller that holds the BMC password. "
-        "Never put the password itself in the inventory.",
-        "bmc",
-    )
-    bmc_password_file: str | None = _opt(
-        None,
-        "Path, on the controller, of a file (mode 0600) holding the BMC password.",
-        "bmc",
-    )
-    bmc_verify_tls: bool = _opt(True, "Verify the BMC's TLS certificate.", "bmc")
-    bmc_ca_bundle: str | None = _opt(
-        None, "CA bundle (PEM, on the controller) for the BMC's certificate; system CAs if unset.", "bmc"
-    )
-    bmc_system_id: str | None = _opt(
-        None, "Redfish ComputerSystem id; discovered when the BMC manages exactly one system.", "bmc"
-    )
-    bmc_timeout: float = _opt(30.0, "Seconds to wait for one Redfish request.", "bmc", gt=0, le=600)
-    bmc_retries: int = _opt(
-        4, "Attempts per Redfish request on 5xx and connection errors (exponential backoff).", "bmc", ge=1, le=20
-    )
-    bmc_retry_backoff: float = _opt(1.0, "First backoff in seconds between Redfish retries.", "bmc", ge=0, le=120)
-    bios_overrides: dict[str, str | int] = _opt(
-        {},
-        "Per-setting overrides of the vendor BIOS profile, by logical name, e.g. "
-        "`{\"min_sev_asid\": 100, \"tsme\": \"Disabled\"}`.",
-        "bmc",
-    )
-    bios_profile_dirs: list[str] = _opt(
-        [],
-        "Controller-side directories with extra or replacement BIOS profiles (`<vendor>.toml`); "
-        "searched before the packaged ones. An OEM adds a vendor here.",
-        "bmc",
-    )
-    # --- GPUs
-    gpu_count: int = _opt(0, "Number of NVIDIA GPUs the node must have (an integer, not a bool).", "gpu", ge=0, le=64)
-    gpu_model: str | None = _opt(
-        None, f"Expected GPU model: one of {', '.join(gpu_models())}.", "gpu"
-    )
-    gpu_cc_mode: GpuCcMode = _opt(
-        "on",
-        "GPU confidential-computing mode for all GPUs of the node: `on`, `devtools` "
-        "(CC with debugging allowed, never for production), `off`, or `ppcie` "
-        "(protected PCIe, HGX Hopper multi-GPU only).",
-        "gpu",
-    )
-    gpu_devtools_acknowledged: bool = _opt(
-        False,
-        "Acknowledge that `gpu_cc_mode = devtools` lets the host debug the GPUs (no confidentiality): "
-        "required for devtools outside the lab.",
-        "gpu",
-    )
     # --- KBS (Trustee)
     kbs_url: str | None = _opt(
         None, "URL of the Key Broker Service the node's guests attest to (https://).", "kbs"
@@ -189,131 +124,9 @@ class HostData(_Strict):
         "kbs stage creates, unless you bring your own).",
         "kbs",
     )
-    # --- KBS host (kbs stage); meanings in ccfactory.kbs.settings.KEYS
-    kbs_resources: dict[str, str] = _opt(
-        {}, "Resources to upload: KBS path `<repo>/<type>/<tag>` -> controller-side file.", "kbs"
-    )
-    kbs_gpu_resources: list[str] | None = _opt(
-        None,
-        "Resource paths that also need an affirming GPU attestation; unset: all, when the inventory has GPU workers.",
-        "kbs",
-    )
-    kbs_policy_file: str | None = _opt(
-        None, "Controller-side Rego file replacing ccfactory's strict resource policy; refused before upload if it does not compile or releases anything to sample (non-TEE) evidence.", "kbs"
-    )
-    kbs_attestation_policy_file: str | None = _opt(
-        None, "Controller-side Rego file replacing the built-in AS's CPU attestation policy (id `default_cpu`); must compile.", "kbs"
-    )
-    kbs_reference_values: dict[str, list[str | int | bool] | str | int | bool] = _opt(
-        {}, "Reference values for RVPS by name, replacing ccfactory's own per name: a list for names the attestation policy tests with `in` (`snp_launch_measurement`), one value for names it tests with `==` (`snp_smt_enabled`).", "kbs"
-    )
-    kbs_reference_values_file: str | None = _opt(
-        None, "Controller-side TOML/JSON file of reference values (name = [values]); inventory wins per name.", "kbs"
-    )
-    kbs_tdx_first_use: dict[str, str] = _opt(
-        {}, "TDX reference values pinned on first use: TDX worker name -> controller-side file with one EAR token this KBS issued to a guest on it (listing it approves it; docs/reference-values.md).", "kbs"
-    )
-    kbs_lab_permissive: bool = _opt(
-        False, "LAB ONLY: release resources to any attested client, sample evidence included. Refused outside the lab.",
-        "kbs",
-    )
-    kbs_pki_dir: str | None = _opt(
-        None,
-        "Controller-side directory of the KBS keys and certificates "
-        "(default `~/.ccfactory/sites/<kbs host>/pki`, or under `$CCFACTORY_HOME`).",
-        "kbs",
-    )
-    kbs_ca_key_file: str | None = _opt(
-        None, "Private key of `kbs_ca_cert`, to issue the KBS HTTPS certificate with your own CA.", "kbs"
-    )
-    kbs_tls_cert_file: str | None = _opt(
-        None, "Your own KBS HTTPS certificate (issued by `kbs_ca_cert`, covering kbs_url).", "kbs"
-    )
-    kbs_tls_key_file: str | None = _opt(None, "Its private key (mode 0600).", "kbs")
-    kbs_admin_key_file: str | None = _opt(
-        None, "Your own Ed25519 admin private key (PKCS#8 PEM, 0600); never leaves the controller.", "kbs"
-    )
-    kbs_nvidia_verifier: Literal["Remote", "Local"] = _opt(
-        "Remote", "NVIDIA GPU verifier of the attestation service: `Remote` (NRAS) or `Local`.", "kbs"
-    )
-    # --- runtime (containerd, Kata, CoCo guest components)
-    runtime_shims: list[str] | None = _opt(
-        None,
-        "Kata shims to register; default by TEE and GPUs (qemu-snp/qemu-tdx, plus qemu-nvidia-gpu-snp/-tdx with GPUs).",
-        "runtime",
-    )
-    runtime_guest_pull: bool = _opt(
-        False, "Pull images inside the guest through the nydus snapshotter (BOM-pinned) for the Kata TEE handlers.",
-        "runtime",
-    )
-    runtime_drain: bool = _opt(
-        False, "Allow replacing Kata while sandboxes run on it (drain the node first).", "runtime"
-    )
-    runtime_smoke_image: str | None = _opt(
-        None,
-        "Image the attestation check's TEE guest pulls itself (`registry/name@sha256:<64 hex>`, a busybox image "
-        "your guests can reach); required for that check outside the lab.",
-        "runtime",
-        pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$",
-    )
-    runtime_kubeconfig: str | None = _opt(
-        None, "Controller-side kubeconfig; when set, RuntimeClasses and node labels are applied with kubectl.", "runtime"
-    )
-    runtime_output_dir: str = _opt(
-        "~/.local/share/ccfactory/runtime",
-        "Controller-side directory for Kubernetes manifests and the per-host initdata report.",
-        "runtime",
-    )
+    # --- templates (every stage)
     template_overlay_dirs: list[str] = _opt(
-        [], "Controller-side directories whose templates shadow ccfactory's by relative path.", "runtime"
-    )
-    runtime_kata_memory: int = _opt(
-        2048, "Default guest memory (MiB) for CPU Kata shims; 256 (Kata's minimum) to 4194304 (4 TiB).", "runtime",
-        ge=KATA_MIN_MEMORY_MIB, le=KATA_MAX_MEMORY_MIB,
-    )
-    runtime_kata_vcpus: int = _opt(
-        1, "Default guest vCPUs for CPU Kata shims; 1 to 256 (Kata's MAX_QEMU_VCPUS).", "runtime", ge=1, le=KATA_MAX_VCPUS
-    )
-    runtime_kata_gpu_memory: int = _opt(
-        16384, "Default guest memory (MiB) for GPU Kata shims; 1024 to 4194304 (4 TiB).", "runtime",
-        ge=1024, le=KATA_MAX_MEMORY_MIB,
-    )
-    runtime_kata_gpu_vcpus: int = _opt(
-        4, "Default guest vCPUs for GPU Kata shims; 1 to 256.", "runtime", ge=1, le=KATA_MAX_VCPUS
-    )
-    runtime_kata_timeout: int = _opt(
-        300, "Agent dial and create-container timeout (s), CPU guests; 30 to 86400.", "runtime", ge=30, le=86400
-    )
-    runtime_kata_gpu_timeout: int = _opt(
-        1200, "Agent dial and create-container timeout (s), GPU guests; 60 to 86400.", "runtime", ge=60, le=86400
-    )
-    runtime_snp_guest_policy: int = _opt(
-        0x30000,
-        "SEV-SNP guest policy for the SNP shims (AMD SEV-SNP ABI spec 56860, 'Guest Policy'): a 64-bit field (at most 2^63-1 in TOML), reserved "
-        "bit 17 set; DEBUG (bit 19) only with `runtime_snp_debug_acknowledged` or in the lab.",
-        "runtime",
-        ge=0,
-        # the ABI field is 64 bits, but TOML integers are signed 64-bit (TOML 1.0, Integer) and
-        # bits 63:26 are reserved (must be zero), so 2**63-1 is the largest policy Kata can read
-        le=2**63 - 1,
-    )
-    runtime_snp_debug_acknowledged: bool = _opt(
-        False,
-        "Acknowledge that the SNP guest policy's DEBUG bit lets the host read and write guest memory: "
-        "required for it outside the lab.",
-        "runtime",
-    )
-    runtime_tdx_qgs_port: int = _opt(
-        0, "TDX quote generation service vsock port; 0 (Kata 4.1.0's default): the QGS Unix socket "
-        "`/var/run/tdx-qgs/qgs.socket` if it exists, else vsock 4050.", "runtime", ge=0, le=65535
-    )
-    coco_resource_uris: list[str] = _opt(
-        [], "KBS resources (`kbs:///repo/type/tag`) the guest's confidential data hub fetches at start.", "runtime"
-    )
-    runtime_health_timeout: float = _opt(
-        60.0, "Seconds to wait for containerd to be healthy after a config change before rolling back (finite, "
-        "at most 3600).", "runtime",
-        gt=0, le=3600,
+        [], "Controller-side directories whose templates shadow ccfactory's by relative path (every stage's templates).", "templates"
     )
     # --- reboots
     reboot_batch_size: int = _opt(
@@ -378,15 +191,6 @@ class HostData(_Strict):
             raise ValueError(f"a bool is not a number (got {value!r}); fix: give the number itself, e.g. 8")
         return value
 
-    @field_validator("bios_overrides", mode="before")
-    @classmethod
-    def _no_bool_bios_values(cls, value: Any) -> Any:
-        # pydantic's lax mode would turn True into 1 (an ASID limit of 1) without a word
-        if isinstance(value, Mapping):
-            bad = sorted(str(k) for k, v in value.items() if isinstance(v, bool))
-            if bad:
-                raise ValueError(f"{', '.join(bad)}: a bool is not a BIOS value; give the BIOS value, e.g. 'Enabled' or 100")
-        return value
 
 
 def _is_number_annotation(annotation: Any) -> bool:

@@ -24,6 +24,7 @@ SECTION_TITLES = {
     "gpu": "GPUs",
     "kbs": "Key Broker Service",
     "runtime": "Runtime (containerd, Kata, CoCo)",
+    "templates": "Templates (every stage)",
     "reboot": "Reboots",
     "artifacts": "Artifacts (bill of materials)",
     "lab": "Lab",
@@ -47,7 +48,8 @@ def _type_name(annotation) -> str:
 
 
 def options_markdown() -> str:
-    """The option tables, one per section, in model order."""
+    """The option tables, one per section (in ``SECTION_TITLES`` order: HostData gathers the
+    stages' options by inheritance), rows in model order."""
     sections: dict[str, list[str]] = {}
     for key, field in HostData.model_fields.items():
         section = (field.json_schema_extra or {}).get("section", "other")
@@ -56,7 +58,8 @@ def options_markdown() -> str:
         row = f"| `{key}` | {_type_name(field.annotation)} | {shown} | {field.description} |"
         sections.setdefault(section, []).append(row)
     out = []
-    for section, rows in sections.items():
+    order = list(SECTION_TITLES)
+    for section, rows in sorted(sections.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         out += [f"#### {SECTION_TITLES.get(section, section)}", "", "| key | type | default | meaning |",
                 "|---|---|---|---|", *rows, ""]
     return "\n".join(out).rstrip() + "\n"

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ccfactory.validate import https_base_url, secret_file_problem
 
@@ -29,6 +29,11 @@ ArtifactSourceKind = Literal["upstream", "mirror", "local"]
 DEFAULT_REBOOT_TIMEOUT = 1800  # bare-metal GPU servers take 10-30 minutes to POST
 DEFAULT_GRACEFUL_TIMEOUT = 300  # an OS that honours ACPI has stopped sshd well before this
 DEFAULT_ARTIFACT_CACHE = "~/.cache/ccfactory/artifacts"
+
+
+def opt(default: Any, description: str, section: str, **kw: Any) -> Any:
+    """A host-data key: its default, its meaning (the option tables print it) and its section."""
+    return Field(default, description=description, json_schema_extra={"section": section}, **kw)
 
 
 class StrictModel(BaseModel):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 
 from ccfactory.config import KbsConfig, load_node_config
 from ccfactory.kbs.errors import KbsSettingsError, ResourcePathError
-from ccfactory.kbs.settings import KEYS, check_resource_path, kbs_settings, server_names
+from ccfactory.kbs.settings import check_resource_path, kbs_settings, server_names
 
 
 def kbs_cfg(url="https://kbs-01:8443", lab=False):
@@ -137,9 +140,17 @@ def test_every_problem_at_once():
     assert text.count("\n  - ") == 3
 
 
-def test_key_table_documents_every_key():
-    assert all(len(v) == 3 and v[2] for v in KEYS.values())
-    assert set(KEYS) >= {"kbs_resources", "kbs_policy_file", "kbs_lab_permissive", "kbs_reference_values"}
+def test_every_kbs_key_is_declared_once_with_its_meaning_in_the_stages_options():
+    """roles/kbs/options.py is the one declaration: each key the settings read has a meaning there,
+    and HostData (what inventories are validated against) takes them from it."""
+    from ccfactory.config import HostData
+    from ccfactory.roles.kbs.options import KbsOptions
+
+    read = set(re.findall(r'get\("(kbs_[a-z_]+)"', inspect.getsource(kbs_settings)))
+    assert read and read <= set(KbsOptions.model_fields) | {"kbs_url", "kbs_ca_cert"}
+    assert all(KbsOptions.model_fields[k].description for k in KbsOptions.model_fields)
+    mine, flat = KbsOptions.model_fields, HostData.model_fields
+    assert all((flat[k].description, flat[k].default) == (mine[k].description, mine[k].default) for k in mine)
 
 
 def test_server_names():

@@ -103,6 +103,8 @@ def layer(mod: str) -> tuple[int, str]:
         return OPS, "verify.api"
     parts = mod.split(".")
     top = parts[1] if len(parts) > 1 else ""
+    if top == "roles" and len(parts) == 4 and parts[3] == "options":
+        return BELOW, mod  # a stage's options: the flat HostData (config) is assembled from them
     if top == "roles":
         return ROLES, ".".join(parts[:3])
     if top == "verify":
@@ -216,3 +218,11 @@ def stage_checks_in_report_order(names):
     from ccfactory.verify.report import STAGE_ORDER
 
     return [n for s in STAGE_ORDER for n in names if n == f"ccfactory.roles.{s}.checks"]
+
+
+def test_config_assembles_host_data_from_the_stages_options_below_it():
+    edges = import_graph()
+    for stage in ("firmware", "gpu", "kbs", "runtime"):
+        assert ("ccfactory.config", f"ccfactory.roles.{stage}.options") in edges
+        assert layer(f"ccfactory.roles.{stage}.options")[0] == BELOW
+        assert not {b for a, b in edges if a == f"ccfactory.roles.{stage}.options" and layer(b)[0] < BELOW}

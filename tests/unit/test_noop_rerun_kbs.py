@@ -81,14 +81,15 @@ def test_configs_are_validated_once_per_run():
     assert len(collect.configs_of(hosts, node_config)) == 3
     assert calls == ["w1", "w2", "k1"]  # once each, for every caller of this run
 
+    from ccfactory import config
     from ccfactory.roles import kbs as role
 
-    monkey = role.node_config
+    monkey = config.node_config
     try:
-        role.node_config = node_config
+        config.node_config = node_config  # the role calls config.node_config (it imports the module)
         _, tees, _ = role._fleet(hosts)
     finally:
-        role.node_config = monkey
+        config.node_config = monkey
     assert tees == ("snp",) and calls == ["w1", "w2", "k1"]
     # another run (a new inventory object) validates again
     again = Inventory(hosts)

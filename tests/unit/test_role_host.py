@@ -215,11 +215,11 @@ def test_kernel_too_old_fails_with_the_fix_and_changes_nothing(tmp_path):
 
 
 def test_unknown_distro_fails_clearly_without_crashing(tmp_path):
-    node = SimNode(tmp_path, "snp", os_id="rocky", os_version="9.4")
+    node = SimNode(tmp_path, "snp", os_id="opensuse-leap", os_version="15.5")
     ops, answers, _ = run_role(node, tmp_path)
     assert [o[0] for o in ops] == ["Host ready for its TEE configuration"]
     message = failure_message(ops, "Host ready for its TEE configuration")
-    assert "rocky 9.4 is not a supported distribution (supported: ubuntu 24.04, 25.10, 26.04; debian 12, 13; rhel 9, 10)" in message
+    assert "opensuse-leap 15.5 is not a supported distribution (supported: ubuntu 24.04, 25.10, 26.04; debian 12, 13; rhel 9, 10; rocky 9, 10; almalinux 9, 10)" in message
 
 
 @pytest.mark.parametrize("os_id, version", [("ubuntu", "24.04"), ("ubuntu", "25.10"), ("ubuntu", "26.04"), ("debian", "12"), ("debian", "13")])

@@ -34,3 +34,17 @@ def test_no_submodule_shadows_a_name_the_roles_init_imported(stage):
         importlib.import_module(f"ccfactory.roles.{stage}.{sub}")
     changed = [name for name, value in before.items() if getattr(package, name) is not value]
     assert not changed, f"roles/{stage}: submodule(s) {changed} replaced what __init__ imported under that name"
+
+
+@pytest.mark.parametrize("first", ["ccfactory.config", "ccfactory.roles.kbs", "ccfactory.roles.firmware.options", "ccfactory.deploys"])
+def test_config_and_the_role_packages_import_in_any_order(first):
+    """config imports each stage's options module, whose package __init__ imports config back:
+    the role packages take no name from config at import time (``from ccfactory import config``),
+    so whichever is imported first, in a fresh interpreter, both load."""
+    import subprocess
+    import sys
+
+    probe = f"import pyinfra_cli\nimport {first}\nfrom ccfactory.config import HostData\nimport ccfactory.roles.runtime\nprint(len(HostData.model_fields))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) > 50

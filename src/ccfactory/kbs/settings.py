@@ -1,8 +1,7 @@
 """The KBS stage's settings for one KBS host: inventory keys, checked on the controller.
 
 Reads the KBS host's validated ``NodeConfig`` (``kbs_url``, ``kbs_ca_cert``, ``lab``) and
-its flat host-data keys of this stage (see ``KEYS``; the lead registers them in
-``ccfactory.config.HostData``). Every problem is collected and raised at once as a
+its host-data keys of this stage (declared, with their meanings, in ``roles/kbs/options.py``). Every problem is collected and raised at once as a
 ``KbsSettingsError`` (``host: key: problem; fix: ...``) before anything is touched.
 
 Example::
@@ -39,23 +38,6 @@ RESOURCE_PATH = RESOURCE_PATH_RE
 REFERENCE_VALUE_NAME = re.compile(r"\A[A-Za-z0-9_.\-]+\Z")
 DEFAULT_PKI_ROOT = "~/.ccfactory/sites"  # $CCFACTORY_HOME/sites when that is set
 
-# Host-data keys of this stage (name -> (type, default, meaning)); for the lead's HostData.
-KEYS: dict[str, tuple[str, Any, str]] = {
-    "kbs_resources": ("dict[str, str]", {}, "Resources to upload: KBS path `<repo>/<type>/<tag>` -> controller-side file."),
-    "kbs_gpu_resources": ("list[str] | None", None, "Resource paths that also need an affirming GPU attestation; unset: all, when the inventory has GPU workers."),
-    "kbs_policy_file": ("str | None", None, "Controller-side Rego file replacing ccfactory's strict resource policy; refused before upload if it does not compile or releases anything to sample (non-TEE) evidence (the every-run sample-denial check still applies)."),
-    "kbs_attestation_policy_file": ("str | None", None, "Controller-side Rego file replacing the built-in AS's CPU attestation policy (id `default_cpu`); must compile."),
-    "kbs_reference_values": ("dict[str, list | str | int | bool]", {}, "Reference values for RVPS by name, replacing ccfactory's computed ones per name: a list for names the attestation policy tests with `in` (e.g. `snp_launch_measurement`), one value for names it tests with `==` (e.g. `snp_smt_enabled = true`)."),
-    "kbs_reference_values_file": ("str | None", None, "Controller-side TOML/JSON file of reference values (name = [values]); the inventory key wins per name."),
-    "kbs_tdx_first_use": ("dict[str, str]", {}, "TDX reference values pinned on first use: TDX worker name -> controller-side file with one EAR token this KBS issued to a guest on it (listing it approves it)."),
-    "kbs_lab_permissive": ("bool", False, "LAB ONLY: release resources to any attested client, sample evidence included. Refused outside the lab."),
-    "kbs_pki_dir": ("str | None", None, "Controller-side directory of the KBS keys and certificates (default `~/.ccfactory/sites/<kbs host>/pki`, `$CCFACTORY_HOME/sites/...` if set)."),
-    "kbs_ca_key_file": ("str | None", None, "Private key of `kbs_ca_cert`, to issue the KBS HTTPS certificate with the operator's CA."),
-    "kbs_tls_cert_file": ("str | None", None, "Operator-provided KBS HTTPS certificate (issued by `kbs_ca_cert`, covering kbs_url)."),
-    "kbs_tls_key_file": ("str | None", None, "Its private key (mode 0600)."),
-    "kbs_admin_key_file": ("str | None", None, "Operator-provided Ed25519 admin private key (PKCS#8 PEM, 0600); never leaves the controller."),
-    "kbs_nvidia_verifier": ("`Remote` | `Local`", "Remote", "NVIDIA GPU verifier of the attestation service: `Remote` (NRAS) or `Local`."),
-}  # fmt: skip
 
 
 def check_resource_path(path: str) -> str:
