@@ -57,7 +57,7 @@ class GpuStagePlan:
 
 
 def render_vfio_conf(ids: tuple[str, ...], *, nvswitches: bool, mode: str, overlays: tuple[str, ...] = ()) -> str:
-    """``/etc/modprobe.d/ccfactory-vfio.conf`` (from ``templates/gpu/ccfactory-vfio.conf.j2``)."""
+    """``/etc/modprobe.d/ccfactory-vfio.conf`` (from ``roles/gpu/templates/ccfactory-vfio.conf.j2``)."""
     return render("gpu/ccfactory-vfio.conf.j2", overlays, ids=list(ids), nvswitches=nvswitches, mode=mode,
                   ccfactory_source="gpu stage")  # fmt: skip
 

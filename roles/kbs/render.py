@@ -1,4 +1,4 @@
-"""Node-side layout of the KBS stage and the files it renders (``templates/kbs/*.j2``).
+"""Node-side layout of the KBS stage and the files it renders (``roles/kbs/templates/*.j2``).
 
 Layout on the KBS host (Trustee runs as upstream ships it: the BOM's container image, by
 digest, under podman; the container's root has no capabilities, so it reads root's 0600
@@ -58,7 +58,7 @@ def render_kbs_config(
     storage_dir: str = STORAGE_DIR,
     overlays: tuple[str, ...] = (),
 ) -> str:
-    """``/etc/trustee/kbs-config.toml`` for Trustee v0.21.0 (``templates/kbs/kbs-config.toml.j2``).
+    """``/etc/trustee/kbs-config.toml`` for Trustee v0.21.0 (``roles/kbs/templates/kbs-config.toml.j2``).
 
     ``keys_dir``/``storage_dir`` are for tests that run the stand-in from a temporary directory.
     """
@@ -88,7 +88,7 @@ _IMAGE_REF = re.compile(r"[a-z0-9.\-]+(:[0-9]{1,5})?(/[a-z0-9._\-]+)+@sha256:[0-
 
 
 def render_unit(*, port: int, flavour: str, image: str, overlays: tuple[str, ...] = ()) -> str:
-    """The systemd unit (``templates/kbs/trustee-kbs.service.j2``) running ``image`` (``name@sha256:...``).
+    """The systemd unit (``roles/kbs/templates/trustee-kbs.service.j2``) running ``image`` (``name@sha256:...``).
 
     An image reference without a digest is refused: nodes run images by digest only.
     """

@@ -1,8 +1,9 @@
 """The one Jinja environment of ccfactory's templates (every stage), with site overlays.
 
-Templates live in ``ccfactory.templates`` (``templates/<stage>/*.j2`` in a clone). A site
-overlay directory (``template_overlay_dirs``) shadows any of them by relative path:
-``overlays`` are searched first. Every stage renders through ``render`` (a role gets its
+Each stage's templates live in its role package (``roles/<stage>/templates/*.j2``), named
+``<stage>/<file>``; what they share (the managed-file header) lives in ``ccfactory.templates``
+(``templates/`` in a clone). A site overlay directory (``template_overlay_dirs``) shadows any
+of them by that relative path (``host/ccfactory-tee.conf.j2``): ``overlays`` are searched first. Every stage renders through ``render`` (a role gets its
 host's overlays from ``site_overlays(cfg)``), and ``tests/unit/test_templates_overlay.py``
 proves, for every file shipped under ``templates/``, that an overlay copy wins. An overlay
 directory that does not exist, or an overlay file that shadows no shipped template (a typo
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, StrictUndefined
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -74,10 +75,21 @@ class TemplateOverlayError(ValueError):
 
 
 @cache
+def stage_template_dirs() -> dict[str, str]:
+    """``{stage: directory}`` of every role package that ships templates (``roles/<stage>/templates``)."""
+    roles = Path(str(resources.files("ccfactory.roles")))
+    return {d.parent.name: str(d) for d in sorted(roles.glob("*/templates")) if d.is_dir()}
+
+
+@cache
 def packaged_templates() -> tuple[str, ...]:
-    """Relative path of every template shipped in ``ccfactory.templates`` (``*.j2``)."""
-    root = Path(str(resources.files("ccfactory.templates")))
-    return tuple(sorted(p.relative_to(root).as_posix() for p in root.rglob("*.j2")))
+    """Relative path of every shipped template: ``<stage>/<file>`` for a stage's, the bare name
+    for a shared one (``ccfactory.templates``)."""
+    shared = Path(str(resources.files("ccfactory.templates")))
+    names = [p.relative_to(shared).as_posix() for p in shared.rglob("*.j2")]
+    for stage, directory in stage_template_dirs().items():
+        names += [f"{stage}/{p.relative_to(directory).as_posix()}" for p in Path(directory).rglob("*.j2")]
+    return tuple(sorted(names))
 
 
 def check_overlays(overlays: Sequence[str], host: str = "", field: str = "template_overlay_dirs") -> tuple[str, ...]:
@@ -113,8 +125,9 @@ def site_overlays(cfg: Any) -> tuple[str, ...]:
 
 @cache
 def environment(overlays: tuple[str, ...] = ()) -> Environment:
-    packaged = str(resources.files("ccfactory.templates"))
-    loaders = [FileSystemLoader(d) for d in overlays] + [FileSystemLoader(packaged)]
+    shared = str(resources.files("ccfactory.templates"))
+    stages = PrefixLoader({stage: FileSystemLoader(d) for stage, d in stage_template_dirs().items()}, delimiter="/")
+    loaders = [FileSystemLoader(d) for d in overlays] + [stages, FileSystemLoader(shared)]
     env = Environment(
         loader=ChoiceLoader(loaders),
         undefined=StrictUndefined,

@@ -269,7 +269,7 @@ def test_config_that_breaks_containerd_is_rolled_back(site):
     # a top-level key, before the template's first table
     (overlay / "containerd-kata.toml.j2").write_text(
         'state = "/proc/ccfactory-no-such-dir/containerd"\n'
-        + (Path(__file__).resolve().parents[2] / "templates" / "runtime" / "containerd-kata.toml.j2").read_text()
+        + (Path(__file__).resolve().parents[2] / "roles" / "runtime" / "templates" / "containerd-kata.toml.j2").read_text()
     )
     before = site.ssh("cat /etc/containerd/config.toml").stdout
     rc, _, out = site.run(template_dirs=[str(overlay.parent)], health_timeout=15)

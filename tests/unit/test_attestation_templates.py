@@ -1,4 +1,4 @@
-"""The smoke check's shell lives in templates (``templates/verify/*.sh.j2``), not Python strings.
+"""The smoke check's shell lives in templates (``roles/verify/templates/*.sh.j2``), not Python strings.
 
 ``CASES`` are smoke plans covering every branch ``attestation.node_script`` takes (lab and
 hardware, snp and tdx, with and without a GPU, with and without the handler's ConfigPath,
@@ -21,7 +21,7 @@ from ccfactory.verify import attestation as att
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests/fixtures/attestation-golden"
-TEMPLATES = ROOT / "templates"
+TEMPLATES = ROOT / "roles" / "verify" / "templates"
 
 SNP_CONFIG = "/opt/kata/share/defaults/kata-containers/runtimes/qemu-snp/configuration-qemu-snp.toml"
 INITDATA = "H4sIAAAAAAAC/2Zvbw=="
@@ -136,7 +136,7 @@ def test_a_site_overlay_of_each_verify_template_replaces_it(name, tmp_path):
     marker = f"# site overlay of {name}"
     target = tmp_path / name
     target.parent.mkdir(parents=True)
-    target.write_text((TEMPLATES / name).read_text().rstrip("\n") + f"\n{marker}\n")
+    target.write_text((TEMPLATES / name.removeprefix("verify/")).read_text().rstrip("\n") + f"\n{marker}\n")
     for plan_name in ("hw-snp-gpu", "lab-snp"):
         plan = CASES[plan_name]
         assert marker not in att.node_script(plan)

@@ -614,7 +614,7 @@ def test_runtime_toml_templates_write_every_value_through_a_serializer():
     what it likes; ccfactory's own templates do not paste text)."""
     import re
 
-    for path in [*(REPO / "templates" / "runtime").glob("*.toml.j2"), REPO / "templates" / "kbs" / "kbs-config.toml.j2"]:
+    for path in [*(REPO / "roles" / "runtime" / "templates").glob("*.toml.j2"), REPO / "roles" / "kbs" / "templates" / "kbs-config.toml.j2"]:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             for expr in re.findall(r"\{\{(.*?)\}\}", line):
                 if line.lstrip().startswith("#"):

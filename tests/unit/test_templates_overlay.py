@@ -1,6 +1,7 @@
 """Every template ccfactory ships can be replaced by a site overlay (``template_overlay_dirs``).
 
-The test lists every ``*.j2`` file under ``templates/`` (``packaged_templates``) and, for each,
+The test lists every ``*.j2`` file under ``roles/<stage>/templates/`` (as ``<stage>/<file>``) and
+``templates/`` (``packaged_templates``) and, for each,
 renders it through the producer a stage really calls (the host and gpu plans, the kbs
 renderers, initdata, the containerd and Kata drop-ins, the runtime role's containerd unit, the
 attestation check's node command) with an overlay directory holding a marked copy of that one
@@ -23,7 +24,13 @@ from ccfactory.config import load_node_config
 from ccfactory.templating import TemplateOverlayError, check_overlays, packaged_templates, render, site_overlays
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "templates"
+TEMPLATES = ROOT / "templates"  # the shared ones; a stage's are in roles/<stage>/templates
+
+
+def _source(name: str) -> Path:
+    """The file in the clone that template ``name`` (``<stage>/<file>`` or shared) is."""
+    stage, _, rest = name.partition("/")
+    return ROOT / "roles" / stage / "templates" / rest if rest else TEMPLATES / name
 IMAGE = "registry.example/trustee@sha256:" + "0" * 64
 
 
@@ -126,7 +133,8 @@ PRODUCERS = {
 
 
 def test_every_shipped_template_has_a_producer_here():
-    on_disk = sorted(p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*.j2"))
+    on_disk = sorted([p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*.j2")]
+                     + [f"{p.parent.parent.name}/{p.name}" for p in (ROOT / "roles").glob("*/templates/*.j2")])
     assert list(packaged_templates()) == on_disk  # the resolver sees exactly the shipped files
     assert sorted(PRODUCERS) == on_disk, "a new template needs a producer in PRODUCERS (and must honour overlays)"
 
@@ -137,7 +145,7 @@ def test_an_overlay_copy_of_each_template_wins(name, tmp_path):
     target = overlay / name
     target.parent.mkdir(parents=True)
     marker = f"# site overlay of {name}"
-    original = (TEMPLATES / name).read_text()
+    original = _source(name).read_text()
     # the marker as a comment line every format here accepts (shell, TOML, Rego, systemd, modprobe)
     target.write_text(original.rstrip("\n") + f"\n{marker}\n" if name != "_managed_header.j2" else original + f"{marker}\n")
     before = PRODUCERS[name](())

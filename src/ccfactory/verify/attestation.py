@@ -20,7 +20,7 @@ its guest's confidential data hub; the KBS releases it only to a token of the no
    check names the image the guest pulls (``io.kubernetes.cri.image-name``, read by Kata for
    non-CRI containers: kata-containers@4.1.0:src/runtime/virtcontainers/kata_agent.go:1935-1967;
    ``runtime_smoke_image``, by digest). docs/attestation.md says why. The shell is in
-   ``templates/verify/`` (``smoke.sh.j2``, ``smoke-image.sh.j2``, ``workload.sh.j2``), rendered
+   ``roles/verify/templates/`` (``smoke.sh.j2``, ``smoke-image.sh.j2``, ``workload.sh.j2``), rendered
    with the host's site overlays (``template_overlay_dirs``) first; every value reaches it
    shell-quoted (``node_script``).
 3. **Verdict** inside the guest: the workload asks its CDH
@@ -122,7 +122,7 @@ LAB_STEPS = (
 LAB_SIMULATED = "; ".join(f"{step}: {what}" for step, what in LAB_STEPS)
 
 def workload(overlays: Sequence[str] = ()) -> str:
-    """The in-guest workload (``templates/verify/workload.sh.j2``, site overlays first): run as
+    """The in-guest workload (``roles/verify/templates/workload.sh.j2``, site overlays first): run as
     ``/bin/sh -c`` in the container; its verdict is the exit code (``RESOURCE``, ``GPU``)."""
     return render("verify/workload.sh.j2", overlays)
 
@@ -246,7 +246,7 @@ def measured_annotations(plan: SmokePlan) -> dict[str, str]:
 def node_script(plan: SmokePlan, overlays: Sequence[str] = ()) -> str:
     """The one shell command run on the node (as root): image, container, verdict, cleanup.
 
-    The shell is ``templates/verify/smoke.sh.j2`` (with ``smoke-image.sh.j2`` and the workload,
+    The shell is ``roles/verify/templates/smoke.sh.j2`` (with ``smoke-image.sh.j2`` and the workload,
     ``workload.sh.j2``), rendered with the host's site ``overlays`` first. Every value reaches
     the template already shell-quoted here (``shlex.quote``, ``echo_marker``) or as a number."""
     q = shlex.quote
@@ -473,7 +473,7 @@ def end_to_end(ctx: CheckContext) -> Outcome:
                     hint="set runtime_smoke_image = \"<registry>/<busybox image>@sha256:<digest>\" in the inventory "
                          "(a busybox image with sh, wget, sha256sum; mirrored where your guests can pull it)")  # fmt: skip
     handler = spec.handler_name(shim)
-    try:  # the shell is templates/verify/*.sh.j2, with the host's site overlays first
+    try:  # the shell is roles/verify/templates/*.sh.j2, with the host's site overlays first
         overlays = site_overlays(cfg)
     except TemplateOverlayError as exc:
         return fail(str(exc), hint=exc.fix, simulated=sim)
