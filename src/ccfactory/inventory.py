@@ -12,6 +12,12 @@ Example, at the end of ``inventories/<site>.py``::
 
 from __future__ import annotations
 
+# pyinfra_cli monkey-patches gevent on import; patching after ssl is imported breaks every TLS
+# handshake (RecursionError). config pulls in the stages (requests, urllib3), and the verify
+# pytest plugin reaches this module before anything imported pyinfra_cli: so it goes first, as in
+# the pyinfra CLI and ccfactory.cli.
+import pyinfra_cli  # noqa: F401,E402  isort: skip
+
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,7 +53,6 @@ def _file_error(path: Path, exc: BaseException) -> InventoryFileError:
         where = f"{exc.filename or path}:{exc.lineno or '?'}"
         return InventoryFileError(f"{where}: syntax error: {exc.msg}")
     import pyinfra
-    import pyinfra_cli
 
     internal = tuple(str(Path(m.__file__).parent) for m in (pyinfra, pyinfra_cli)) + (str(Path(__file__).parent),)
     tb = getattr(exc, "_traceback", None) or exc.__traceback__

@@ -48,3 +48,25 @@ def test_config_and_the_role_packages_import_in_any_order(first):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) > 50
+
+
+def test_the_inventory_entry_point_patches_gevent_before_anything_imports_ssl():
+    """The verify pytest plugin imports ccfactory.inventory before pyinfra's inventory loader,
+    and config pulls in the stages (requests, urllib3). gevent must patch first, or every later
+    HTTPS handshake recurses: in a fresh interpreter, no MonkeyPatchWarning may be raised."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import warnings\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    import ccfactory.inventory\n"
+        "    import pyinfra_cli\n"
+        "late = [str(w.message)[:200] for w in seen if type(w.message).__name__ == 'MonkeyPatchWarning']\n"
+        "assert not late, late\n"
+        "import gevent.monkey\n"
+        "assert gevent.monkey.is_module_patched('ssl')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
