@@ -19,6 +19,8 @@ from ccfactory.model import StrictModel
 from ccfactory.model import opt as _opt
 
 
+# BMC vendors with a packaged BIOS profile (ccfactory/data/bios/); an OEM adds one with
+# bios_profile_dirs. Validation asks the profiles themselves; this is for help texts.
 KNOWN_BMC_VENDORS = ("dell", "hpe", "lenovo", "supermicro", "generic")
 
 

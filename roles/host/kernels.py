@@ -27,11 +27,12 @@ TEE_NAMES = {"snp": "SEV-SNP", "tdx": "TDX"}
 @dataclass(frozen=True)
 class KernelMinimum:
     tee: str  # snp, tdx or *
-    distro: str  # os-release ID, a distribution family (distros.toml `family`, e.g. rhel) or *
+    distro: str  # os-release ID or *
     level: str  # required or recommended
     min: str
     why: str
     source: str
+    family: str = "*"  # distros.toml `family` (rhel matches RHEL, Rocky, AlmaLinux) or *
 
     @property
     def version(self) -> tuple[int, int, int]:
@@ -40,14 +41,14 @@ class KernelMinimum:
         return v
 
     def applies(self, tee: str, os_id: str, family: str = "") -> bool:
-        return self.tee in ("*", tee) and self.distro in ("*", os_id, family or os_id)
+        return self.tee in ("*", tee) and self.distro in ("*", os_id) and self.family in ("*", family)
 
 
 @cache
-def _table() -> tuple[tuple[KernelMinimum, ...], dict[str, str]]:
+def _table() -> tuple[tuple[KernelMinimum, ...], dict[str, str], dict[str, str]]:
     raw = tomllib.loads(resources.files("ccfactory.roles.host").joinpath("kernels.toml").read_text())
     rows = tuple(KernelMinimum(**row) for row in raw["kernel"])
-    return rows, dict(raw.get("fix", {}))
+    return rows, dict(raw.get("fix", {})), dict(raw.get("fix_family", {}))
 
 
 def kernel_minimums() -> tuple[KernelMinimum, ...]:
@@ -55,9 +56,10 @@ def kernel_minimums() -> tuple[KernelMinimum, ...]:
 
 
 def fix_for(os_id: str, minimum: str, family: str = "") -> str:
-    """The fix text of ``os_id``'s row, else its family's (``rhel`` for Rocky), else the ``*`` one."""
-    fixes = _table()[1]
-    text = fixes.get(os_id) or fixes.get(family) or fixes.get("*", "install a kernel >= {min}")
+    """The fix text for ``os_id`` (``[fix]``), else for its family (``[fix_family]``: ``rhel`` for
+    Rocky), else the ``*`` one."""
+    _, fixes, by_family = _table()
+    text = fixes.get(os_id) or by_family.get(family) or fixes.get("*", "install a kernel >= {min}")
     return text.format(min=minimum)
 
 

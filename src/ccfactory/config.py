@@ -73,9 +73,6 @@ ROLE_GROUPS = {"workers": "worker", "kbs": "kbs"}
 TEE_GROUPS = ("snp", "tdx")
 GPU_GROUP = "gpu"
 
-# BMC vendors with a packaged BIOS profile (ccfactory/data/bios/); an OEM adds one with
-# bios_profile_dirs. Validation asks the profiles themselves; this is for help texts.
-
 MIN_GRACEFUL_TIMEOUT = 60  # outside the lab: below this a normal shutdown could be cut short
 
 # SEV-SNP guest policy (AMD SEV Secure Nested Paging Firmware ABI Specification, pub. 56860,
@@ -633,6 +630,8 @@ def _site_file_problems(host: str, groups: tuple[str, ...], data: HostData, repo
         try:
             kbs_settings(view, data.model_dump())
         except KbsSettingsError as exc:
+            if not exc.problems:  # worded as one message: still a problem, never a silent pass
+                problems.append(Problem(host, "kbs", str(exc), "fix the KBS host's kbs_* keys"))
             for found in exc.problems:
                 if found.key not in reported | {"kbs_url", "kbs_lab_permissive"}:  # _cross_field_problems' own
                     problems.append(Problem(host, found.key, found.message, found.fix))

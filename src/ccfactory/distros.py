@@ -104,7 +104,10 @@ def parse_distros(text: str, origin: str = "distros.toml") -> tuple[Distro, ...]
                 raise DistroTableError(f"{where}: like = {row['like']!r} names no earlier row; fix: put the row of "
                                        f"{row['like']!r} first, or give every field")  # fmt: skip
             inherited = {k: v for k, v in base.items() if k not in ("id", "versions", "like", "sources")}
-            row = {**inherited, **row, "sources": {**base.get("sources", {}), **row.get("sources", {})}}
+            tables = {k: {**base.get(k, {}), **row.get(k, {})} for k in ("packages", "containerd_archive")}
+            # a field the row gives itself keeps no source of the row it is like
+            sources = {k: v for k, v in base.get("sources", {}).items() if k not in row}
+            row = {**inherited, **row, **tables, "sources": {**sources, **row.get("sources", {})}}
         earlier.setdefault(row.get("id", "?"), row)
         missing = [n for n in names if n not in row and n != "sources" and n not in OPTIONAL]
         if missing:

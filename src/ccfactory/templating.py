@@ -5,7 +5,7 @@ Each stage's templates live in its role package (``roles/<stage>/templates/*.j2`
 (``templates/`` in a clone). A site overlay directory (``template_overlay_dirs``) shadows any
 of them by that relative path (``host/ccfactory-tee.conf.j2``): ``overlays`` are searched first. Every stage renders through ``render`` (a role gets its
 host's overlays from ``site_overlays(cfg)``), and ``tests/unit/test_templates_overlay.py``
-proves, for every file shipped under ``templates/``, that an overlay copy wins. An overlay
+proves, for every shipped template (``roles/<stage>/templates/`` and ``templates/``), that an overlay copy wins. An overlay
 directory that does not exist, or an overlay file that shadows no shipped template (a typo
 would otherwise be ignored without a word), is an error naming host, field and fix.
 

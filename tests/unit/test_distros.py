@@ -184,6 +184,12 @@ def test_a_like_row_must_follow_the_row_it_names():
     rebuild = '\n[[distro]]\nid = "y"\nlike = "x"\nversions = ["2"]\n'
     rows = parse_distros(ROW + rebuild)
     assert rows[1].id == "y" and rows[1].update_bootloader == "update-grub" and rows[1].versions == ("2",)
+    # a table the rebuild gives is merged into its base's; a field it gives drops the base's source
+    base = ROW + '[distro.packages]\nrunc = "runc"\nxz = "xz-utils"\n[distro.sources]\nupdate_initramfs = "base doc"\n'
+    own = ('\n[[distro]]\nid = "y"\nlike = "x"\nversions = ["2"]\nupdate_initramfs = "mkinitrd"\n'
+           '[distro.packages]\nxz = "xz"\n')
+    y = parse_distros(base + own)[1]
+    assert y.packages == {"runc": "runc", "xz": "xz"} and y.update_initramfs == "mkinitrd" and "update_initramfs" not in y.sources
     with pytest.raises(DistroTableError, match=r"distro\[0\] \(y\): like = 'x' names no earlier row"):
         parse_distros(rebuild + ROW)
 
@@ -196,3 +202,13 @@ def test_kernel_rows_and_fix_text_follow_the_family_for_rebuilds():
     assert required.failed and "RHEL 9 ships 5.14" in required.hint and "backported" in required.hint
     [debian] = [r for r in check_host_kernel("tdx", "6.1.0-18-amd64", "debian", "12", "debian") if r.severity == "error"]
     assert "RHEL" not in debian.hint
+
+
+def test_a_kernel_row_names_an_os_release_id_or_a_family_never_one_for_the_other():
+    from ccfactory.roles.host.kernels import KernelMinimum
+
+    for_debian = KernelMinimum(tee="*", distro="debian", level="required", min="6.12", why="w", source="s")
+    assert for_debian.applies("snp", "debian", "debian") and not for_debian.applies("snp", "ubuntu", "debian")
+    for_rhels = KernelMinimum(tee="*", distro="*", level="required", min="6.12", why="w", source="s", family="rhel")
+    assert for_rhels.applies("tdx", "rocky", "rhel") and for_rhels.applies("tdx", "rhel", "rhel")
+    assert not for_rhels.applies("tdx", "debian", "debian") and not for_rhels.applies("tdx", "rhel", "")

@@ -4,7 +4,8 @@ Every stage owns the checks of what it configured (``ccfactory.roles.host.checks
 ``host.tee_active``, ...), written against the check API of ``ccfactory.verify.checks``. This
 module imports them by that convention, in the report's stage order (``STAGE_ORDER``), then the
 verify stage's own end-to-end attestation check: the verify stage imports no stage's module by
-name, so a stage (or an OEM's extra one) adds checks by adding its ``checks.py``.
+name, so a stage adds checks by adding them to its ``checks.py`` (a new stage also needs its place
+in ``STAGE_ORDER``, which orders the report).
 
 Importing this module registers every check in ``ccfactory.verify.checks.REGISTRY``.
 """
