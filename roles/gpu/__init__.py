@@ -47,6 +47,7 @@ from ccfactory.facts.gpu import GpuDrivers, NvidiaGpus
 from ccfactory.facts.gpu_cc import GpuCcModes
 from ccfactory.distros import distro_for, initramfs_step, supported_list
 from ccfactory.facts.node import BootId, BootTools, NodeOs
+from ccfactory import gpuadmin
 from ccfactory.operations import reboot
 from ccfactory.operations.checks import requirement
 from ccfactory.roles.gpu import operations as gpu
@@ -94,7 +95,7 @@ def _plan():
         )
         return None
 
-    tool = gpu.tool_path(artifact.version)
+    tool = gpuadmin.tool_path(artifact.version)
     devices = host.get_fact(NvidiaGpus)
     drivers = host.get_fact(GpuDrivers, **SUDO)
     vfio_now = host.get_fact(FileContents, path=VFIO_CONF, **SUDO)
@@ -141,12 +142,12 @@ def _plan():
 
 def _cc_modes(cfg, artifact, local, tool, plan) -> None:
     """gpu-admin-tools pushed and unpacked, then every device in the wanted mode."""
-    archive = f"{gpu.TOOL_ROOT}/{artifact.filename}"
+    archive = f"{gpuadmin.TOOL_ROOT}/{artifact.filename}"
     files.put(name="Push gpu-admin-tools", src=local, dest=archive, mode="0644", **SUDO)
     gpu.admin_tools_unpacked(
         name=f"Unpack gpu-admin-tools {artifact.version}",
         archive=archive,
-        dest=gpu.tool_dir(artifact.version),
+        dest=gpuadmin.tool_dir(artifact.version),
         sha256=artifact.sha256,
         strip=0 if artifact.kind == "git" else 1,  # a git archive has no top directory
         **SUDO,

@@ -49,18 +49,14 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 from ccfactory.facts.gpu import NvidiaGpus
 from ccfactory.operations.artifacts import unpacked_as, verified_unpack
 from ccfactory.facts.gpu_cc import GpuCcModes, GpuModes
-from ccfactory.gpuadmin import (  # noqa: F401 (the pure mode planning; re-exported for the stage's tests)
+from ccfactory.gpuadmin import (
     FEATURE_LABEL,
-    CC_MODES,
     TOOL_ENTRY,
-    TOOL_ROOT,
     ModePlan,
     ToolStep,
     mode_mismatches,
     pci_order,
     plan_modes,
-    tool_dir,
-    tool_path,
 )
 from ccfactory.parsers.gpuadmin import parse_admin_tool_output
 

@@ -17,7 +17,6 @@ from ccfactory.model import GpuCcMode, StrictModel
 from ccfactory.model import opt as _opt
 
 
-
 class GpuOptions(StrictModel):
     """Host-data keys of the gpu stage."""
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from ccfactory.config import NodeConfig
 from ccfactory.distros import GRUB_DROPIN_NAME as DROPIN_NAME
-from ccfactory.distros import GRUBBY_OWNED_ARGS, Distro, distro_for, initramfs_step, supported_list
+from ccfactory.distros import GRUBBY_OWNED_ARGS, Distro, initramfs_step, supported_list
 from ccfactory.facts.node import NodeOsInfo
 from ccfactory.roles.host.kernels import check_host_kernel
 from ccfactory.roles.host.operations import firmware_failures
@@ -166,7 +166,7 @@ class HostPlan:
         return marker_text(boot_id, self.reboot_reason)
 
 
-def kernel_findings(cfg: NodeConfig, info: NodeOsInfo, files: HostBootFiles) -> tuple[list[str], list[str]]:
+def kernel_findings(cfg: NodeConfig, info: NodeOsInfo, files: HostBootFiles, family: str = "") -> tuple[list[str], list[str]]:
     """(problems, notes) of the kernel check (``kernels.toml``)."""
     problems: list[str] = []
     notes: list[str] = []
@@ -183,8 +183,7 @@ def kernel_findings(cfg: NodeConfig, info: NodeOsInfo, files: HostBootFiles) -> 
                 f"lab: no simulated kernel in the lab's kernel log; checked uname -r {info.kernel or '(empty)'}, "
                 "the lab machine's shared kernel"
             )
-    found = distro_for(info.os_id, info.os_version)
-    for result in check_host_kernel(cfg.tee, release, info.os_id, info.os_version, found.family if found else ""):
+    for result in check_host_kernel(cfg.tee, release, info.os_id, info.os_version, family):
         if result.ok is None or result.failed:
             problems.append(str(result) + ("" if result.hint else "; fix: check what `uname -r` prints on the node"))
         elif result.warned:
@@ -377,7 +376,7 @@ def plan_host(
     except TemplateOverlayError as e:
         return HostPlan(problems=(str(e),))
 
-    problems, notes = kernel_findings(cfg, info, files)
+    problems, notes = kernel_findings(cfg, info, files, distro.family)
     if info.cpu_vendor and info.cpu_vendor != spec.cpu_vendor:
         problems.append(
             f"tee is {cfg.tee} ({spec.name}) but the CPU is {info.cpu_vendor}, not {spec.cpu_vendor}: "

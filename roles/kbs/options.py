@@ -18,7 +18,6 @@ from ccfactory.model import StrictModel
 from ccfactory.model import opt as _opt
 
 
-
 class KbsOptions(StrictModel):
     """Host-data keys of the kbs stage."""
 

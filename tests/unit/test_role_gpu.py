@@ -11,8 +11,8 @@ from ccfactory.facts.gpu import GpuDrivers, NvidiaGpus
 from ccfactory.facts.gpu_cc import GpuCcModes, GpuModes
 from ccfactory.facts.node import BootId, BootTools, BootToolsInfo, NodeOs, NodeOsInfo
 from ccfactory.lab import artifacts
-from ccfactory.roles.gpu import operations as gpu_ops
-from ccfactory.roles.gpu.operations import plan_modes
+from ccfactory import gpuadmin
+from ccfactory.gpuadmin import plan_modes
 from ccfactory.parsers.gpuhost import GpuDriverState, gpu_driver_state, nvidia_devices_from_lines
 from ccfactory.roles.gpu.plan import VFIO_CONF, plan_stage, render_vfio_conf
 from support import plan_role_on_fake_host
@@ -264,7 +264,7 @@ def converged_facts(tmp_path, *, mode="on", cc=None):
         NodeOs: NodeOsInfo("debian", "12", "6.12.0", "AuthenticAMD", "none", "boot-2"),
         BootTools: lambda tools="", **kw: BootToolsInfo(frozenset(tools.split()), ("/boot/initrd.img-6.12.0",)),
         (FileContents, VFIO_CONF): conf.rstrip("\n").split("\n"),
-        (FileContents, f"{gpu_ops.tool_dir(a.version)}/.ccfactory-sha256"): [a.sha256],
+        (FileContents, f"{gpuadmin.tool_dir(a.version)}/.ccfactory-sha256"): [a.sha256],
         Sha1File: lambda path, **kw: {
             VFIO_CONF: hashlib.sha1(conf.encode()).hexdigest(),
             "/etc/modules-load.d/ccfactory-vfio.conf": hashlib.sha1(render_vfio_modules_conf().encode()).hexdigest(),

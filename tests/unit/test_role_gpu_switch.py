@@ -9,7 +9,8 @@ from pyinfra.connectors.util import CommandOutput, OutputLine
 from test_standin_gpu_helpers import make_lab_node
 
 from ccfactory.facts.gpu_cc import GpuCcModes, parse_query_output, query_command
-from ccfactory.roles.gpu.operations import _switch, plan_modes
+from ccfactory.gpuadmin import plan_modes
+from ccfactory.roles.gpu.operations import _switch
 
 GPUS = ["0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0", "0000:9a:00.0", "0000:ab:00.0", "0000:ba:00.0", "0000:db:00.0"]
 SWITCHES = ["0000:c5:00.0", "0000:c6:00.0", "0000:c7:00.0", "0000:c8:00.0"]
@@ -156,7 +157,6 @@ def test_a_half_switched_ppcie_fabric_goes_all_off_then_all_on_together():
     """NVIDIA k8s-cc-manager main.py:336-372 (785d77e): PPCIe off on every device first (per the
     deployment guide), then on for ALL devices and one reset of all, so the NVLink fabric is
     configured consistently; never only the devices that look wrong."""
-    from ccfactory.roles.gpu.operations import plan_modes
 
     gpus = ["0000:18:00.0", "0000:2a:00.0"]
     switches = ["0000:05:00.0", "0000:06:00.0"]
