@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ConfigDict, field_validator
+from pydantic import field_validator
 
-from ccfactory.model import StrictModel
+from ccfactory.model import OptionsModel
 from ccfactory.model import opt as _opt
 
 
@@ -24,10 +24,8 @@ from ccfactory.model import opt as _opt
 KNOWN_BMC_VENDORS = ("dell", "hpe", "lenovo", "supermicro", "generic")
 
 
-class FirmwareOptions(StrictModel):
+class FirmwareOptions(OptionsModel):
     """Host-data keys of the firmware stage."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- BMC (firmware stage)
     bmc_vendor: str | None = _opt(

@@ -10,17 +10,13 @@ Example::
 
 from __future__ import annotations
 
-from pydantic import ConfigDict
-
 from ccfactory.gpus import gpu_models
-from ccfactory.model import GpuCcMode, StrictModel
+from ccfactory.model import GpuCcMode, OptionsModel
 from ccfactory.model import opt as _opt
 
 
-class GpuOptions(StrictModel):
+class GpuOptions(OptionsModel):
     """Host-data keys of the gpu stage."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- GPUs
     gpu_count: int = _opt(0, "Number of NVIDIA GPUs the node must have (an integer, not a bool).", "gpu", ge=0, le=64)

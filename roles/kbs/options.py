@@ -12,16 +12,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict
-
-from ccfactory.model import StrictModel
+from ccfactory.model import OptionsModel
 from ccfactory.model import opt as _opt
 
 
-class KbsOptions(StrictModel):
+class KbsOptions(OptionsModel):
     """Host-data keys of the kbs stage."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- KBS host (kbs stage)
     kbs_resources: dict[str, str] = _opt(

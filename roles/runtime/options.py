@@ -10,9 +10,7 @@ Example::
 
 from __future__ import annotations
 
-from pydantic import ConfigDict
-
-from ccfactory.model import StrictModel
+from ccfactory.model import OptionsModel
 from ccfactory.model import opt as _opt
 
 
@@ -24,10 +22,8 @@ KATA_MAX_MEMORY_MIB = 4 * 1024 * 1024
 KATA_MAX_VCPUS = 256
 
 
-class RuntimeOptions(StrictModel):
+class RuntimeOptions(OptionsModel):
     """Host-data keys of the runtime stage."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- runtime (containerd, Kata, CoCo guest components)
     runtime_shims: list[str] | None = _opt(

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import ValidationError, ValidationInfo, field_validator
 
 from ccfactory.gpus import gpu_model_by_name, gpu_models
 from ccfactory.model import opt as _opt
 from ccfactory.roles.firmware.options import KNOWN_BMC_VENDORS, FirmwareOptions
 from ccfactory.roles.gpu.options import GpuOptions
 from ccfactory.roles.kbs.options import KbsOptions
-from ccfactory.roles.runtime.options import KATA_MAX_MEMORY_MIB, KATA_MAX_VCPUS, KATA_MIN_MEMORY_MIB, RuntimeOptions  # noqa: F401 (re-exported)
+from ccfactory.roles.runtime.options import RuntimeOptions
 from ccfactory.model import (  # noqa: F401 (re-exported: the typed view, built here from the inventory)
     DEFAULT_ARTIFACT_CACHE,
     DEFAULT_GRACEFUL_TIMEOUT,
@@ -90,7 +90,6 @@ _SECRET_KEY = re.compile(r"(password|passwd|secret|token|private_key|api_key)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-_Strict = StrictModel  # HostData too: unknown keys refused, frozen
 
 
 class HostData(RuntimeOptions, KbsOptions, GpuOptions, FirmwareOptions):  # fields: firmware's first
@@ -100,9 +99,6 @@ class HostData(RuntimeOptions, KbsOptions, GpuOptions, FirmwareOptions):  # fiel
     Connector keys (``ssh_*`` ...) and pyinfra global arguments (``_sudo`` ...) belong to
     pyinfra and are not listed here.
     """
-
-    # inf and nan are not durations or sizes (pydantic accepts them for floats by default)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- node identity
     tee: Tee | None = _opt(

@@ -42,6 +42,14 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class OptionsModel(StrictModel):
+    """Host-data keys (a stage's options, and ``config.HostData`` assembled from them): strict,
+    frozen, and no inf or nan (they are not durations or sizes; pydantic accepts them for floats
+    by default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
 class SecretRef(StrictModel):
     """Where the controller finds a secret; never the secret itself."""
 
