@@ -185,7 +185,7 @@ def kbs_target(ctx: CheckContext) -> KbsTarget | str:
     except KbsSettingsError as exc:
         return str(exc)
     sources = settings.sources
-    gpu_workers = any(h.cfg.is_worker and h.cfg.gpu.count > 0 for h in ctx.fleet.values())
+    gpu_workers = any(h.cfg.is_worker and h.cfg.has_gpus for h in ctx.fleet.values())
     return KbsTarget(
         host=chosen.cfg.name,
         url=settings.url,
@@ -459,7 +459,7 @@ def end_to_end(ctx: CheckContext) -> Outcome:
 
     cfg = ctx.cfg
     sim = LAB_SIMULATED if cfg.lab else ""
-    gpu = cfg.gpu.count > 0
+    gpu = cfg.has_gpus
     shims, _ = spec.select_shims(cfg.tee, cfg.gpu.count, cfg.gpu.count, cfg.runtime.shims)
     shim = (spec.GPU_SHIMS if gpu else spec.TEE_SHIMS)[cfg.tee]
     if shim not in shims:

@@ -228,7 +228,7 @@ def tee_node(cfg) -> bool:
 
 def gpu_node(cfg) -> bool:
     """A check that applies to hosts with GPUs in the inventory."""
-    return cfg.gpu.count > 0
+    return cfg.has_gpus
 
 
 def ok(detail: str, simulated: str = "") -> Outcome:
