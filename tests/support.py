@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -225,3 +227,27 @@ def exit_code(proc: subprocess.Popen, timeout: float) -> int:
             proc.kill()
             raise AssertionError(f"pid {proc.pid} still running {timeout} s after the signal ({state})")
         time.sleep(0.05)
+
+
+def undo_gevent_patching(monkeypatch) -> None:
+    """pyinfra_cli (imported by other test modules) runs gevent's monkey.patch_all() late: TLS
+    contexts built from urllib3's pre-patch SSLContext then recurse forever, and gevent's
+    subprocess/waitpid slow down spawning real servers. Undo the patching for one test
+    (``monkeypatch`` restores it afterwards)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return
+    for name, originals in list(monkey.saved.items()):
+        if name.startswith("_gevent"):  # gevent's own bookkeeping, not a patched module
+            continue
+        module = importlib.import_module(name)
+        for attr, original in originals.items():
+            monkeypatch.setattr(module, attr, original, raising=False)
+
+
+def free_port_on(address: str) -> int:
+    """A TCP port free on ``address`` now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ the lab BMC's persistent connections that make the first measurable."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import socket
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from firmware_harness import Harness
+from support import free_port_on, undo_gevent_patching
 
 from ccfactory import cli
 from ccfactory.lab.bmc import service
@@ -194,23 +194,7 @@ def test_the_reading_client_keeps_its_connection_the_default_one_does_not():
 
 @pytest.fixture
 def _unpatched_ssl(monkeypatch):
-    """As in test_lab_bmc_service: undo gevent's late monkey-patching (pyinfra_cli) for real sockets."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return
-    for name, originals in list(monkey.saved.items()):
-        if name.startswith("_gevent"):
-            continue
-        module = importlib.import_module(name)
-        for attr, original in originals.items():
-            monkeypatch.setattr(module, attr, original, raising=False)
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
+    undo_gevent_patching(monkeypatch)  # real HTTPS on loopback
 
 
 @pytest.fixture
@@ -220,7 +204,7 @@ def bmcs(tmp_path, _unpatched_ssl):
     for i, (vendor, tee) in enumerate(kinds):
         address = f"127.0.120.{10 + i}"
         specs.append(BmcSpec(node=f"fp{i}", index=i, vendor=vendor, tee=tee, address=address,
-                             port=_free_port(address), power="simulated"))
+                             port=free_port_on(address), power="simulated"))
     lab = tmp_path / "lab"
     service.start(lab, specs, per_process=2)
     yield lab, specs

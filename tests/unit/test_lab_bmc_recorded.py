@@ -15,10 +15,8 @@ Fixtures: tests/fixtures/redfish (SOURCES.tsv gives repository, path, commit and
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
-import socket
 import tomllib
 from pathlib import Path
 
@@ -33,31 +31,13 @@ from ccfactory.lab.bmc.personality import PERSONALITY_DIR, PERSONALITY_PATH_ENV,
 from ccfactory.lab.bmc.server import POWER_HOOK_ENV
 from ccfactory.lab.bmc.spec import BmcSpec
 
+from support import free_port_on, undo_gevent_patching
 from test_firmware_forecast import EXPECTED, FIXTURES, REGISTRIES  # noqa: E402
 
 pytest.importorskip("sushy")
 
 CASES = sorted(EXPECTED)
 POWER_HOOK = "def power(lab_dir, node, action):\n    return 'on'\n"
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
-
-
-def _unpatch_ssl(mp: pytest.MonkeyPatch) -> None:
-    """As tests/unit/test_lab_bmc_service.py: undo gevent's late monkey-patching (TLS recursion)."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return
-    for name, originals in list(monkey.saved.items()):
-        if not name.startswith("_gevent"):
-            module = importlib.import_module(name)
-            for attr, original in originals.items():
-                mp.setattr(module, attr, original, raising=False)
 
 
 def _personality(root: Path, name: str) -> str:
@@ -82,7 +62,7 @@ def lab(tmp_path_factory):
     (root / "personalities").mkdir()
     (root / "hook.py").write_text(POWER_HOOK)
     with pytest.MonkeyPatch.context() as mp:
-        _unpatch_ssl(mp)
+        undo_gevent_patching(mp)
         mp.setenv(PERSONALITY_PATH_ENV, str(root / "personalities"))
         mp.setenv(POWER_HOOK_ENV, f"{root / 'hook.py'}:power")
         labels = {name: _personality(root, name) for name in REGISTRIES}
@@ -90,7 +70,7 @@ def lab(tmp_path_factory):
         for index, (name, tee) in enumerate(CASES, start=1):
             address = f"127.0.{120 + index // 200}.{10 + index % 200}"
             specs[(name, tee)] = BmcSpec(node=f"n{index}", index=index, vendor=labels[name], tee=tee,
-                                         address=address, port=_free_port(address))
+                                         address=address, port=free_port_on(address))
         lab_dir = root / "lab"
         lab_dir.mkdir()
         service.start(lab_dir, list(specs.values()), per_process=len(specs), power="simulated", reset_seconds=0.05)

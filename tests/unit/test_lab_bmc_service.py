@@ -3,7 +3,6 @@ no lab network. Includes one test per personality with the real ``sushy`` client
 
 from __future__ import annotations
 
-import importlib
 import json
 import socket
 import ssl
@@ -19,6 +18,7 @@ from ccfactory.lab.bmc.server import POWER_HOOK_ENV
 from ccfactory.lab.bmc.spec import BmcSpec, run_dir
 from ccfactory.lab.bmc.state import platform_features_for
 from ccfactory.lab.errors import LabError
+from support import free_port_on, undo_gevent_patching
 
 sushy = pytest.importorskip("sushy")
 from sushy.resources import constants as sushy_constants  # noqa: E402  (after importorskip)
@@ -44,31 +44,13 @@ FIRST_STAGE = {
 
 @pytest.fixture(autouse=True)
 def _unpatched_ssl(monkeypatch):
-    """pyinfra_cli (imported by other test modules) runs gevent's monkey.patch_all() late: TLS
-    contexts built from urllib3's pre-patch SSLContext then recurse forever, and gevent's
-    subprocess/waitpid slow down spawning the emulators. Undo the patching for these tests."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return
-    for name, originals in list(monkey.saved.items()):
-        if name.startswith("_gevent"):  # gevent's own bookkeeping, not a patched module
-            continue
-        module = importlib.import_module(name)
-        for attr, original in originals.items():
-            monkeypatch.setattr(module, attr, original, raising=False)
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
+    undo_gevent_patching(monkeypatch)  # real HTTPS and real emulator processes in these tests
 
 
 def _spec(node: str, index: int, vendor: str, tee: str, **kw) -> BmcSpec:
     address = f"127.0.{100 + index // 200}.{10 + index % 200}"
     return BmcSpec(node=node, index=index, vendor=vendor, tee=tee, address=address,
-                   port=kw.pop("port", None) or _free_port(address), **kw)
+                   port=kw.pop("port", None) or free_port_on(address), **kw)
 
 
 _AUTHS: list = []
