@@ -14,12 +14,11 @@ from ccfactory.bom import BomError, bom_for, parse_bom
 from ccfactory.bom.fetch import fetch_artifact
 from ccfactory.config import ArtifactSource
 from ccfactory.lab import artifacts
+from support import free_port_on
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port_on("127.0.0.1")
 
 
 def test_tarball_is_deterministic_and_has_the_real_layout(tmp_path):

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
-from support import exit_code
+from support import exit_code, free_port_on
 from test_standin_trustee_helpers import start_kbs
 
 from ccfactory.lab.standins import trustee
@@ -114,9 +114,7 @@ def make_keys(root: Path) -> Keys:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port_on("127.0.0.1")
 
 
 ACL = '^/kbs/v0/.*$'

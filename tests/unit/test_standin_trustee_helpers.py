@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from ccfactory.kbs.client import KbsClient
 from ccfactory.kbs.pki import KbsPki, ensure_pki
 from ccfactory.roles.kbs.render import render_kbs_config
 from ccfactory.lab.standins.trustee import install_tree
+from support import free_port_on
 
 
 def _node_python() -> str:
@@ -40,9 +40,7 @@ PYTHON = _node_python()
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port_on("127.0.0.1")
 
 
 def push_keys(pki: KbsPki, keys_dir: Path) -> None:
